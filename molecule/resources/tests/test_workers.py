@@ -1,0 +1,106 @@
+"""What a user of the collection sees on every provisioned worker host."""
+import time
+
+testinfra_hosts = ["ansible://celery_workers"]
+
+
+def test_every_worker_is_running_and_starts_at_boot(celery):
+    for worker in celery.workers:
+        if celery.manager == "systemd":
+            unit = celery.host.service(celery.service(worker))
+            assert unit.is_running, "%s is not active" % celery.service(worker)
+            assert unit.is_enabled, "%s is not enabled" % celery.service(worker)
+        else:
+            status = celery.sh("supervisorctl status %s" % celery.service(worker)).stdout
+            assert "RUNNING" in status, status
+        assert celery.main_pid(worker) > 0
+
+
+def test_workers_run_as_the_app_user_never_root(celery):
+    uid = celery.host.user(celery.user).uid
+    assert uid != 0
+    for worker in celery.workers:
+        pid = celery.main_pid(worker)
+        pids = [pid] + celery.children(pid)
+        assert len(pids) >= 2, "the prefork pool has no children"
+        for p in pids:
+            owner = celery.sh("ps -o uid= -p %d" % p).stdout.strip()
+            assert int(owner) == uid, "process %d runs as uid %s, not %s" % (p, owner, celery.user)
+
+
+def test_env_file_is_private_to_root_and_the_app_group(celery):
+    env = celery.host.file(celery.env_file)
+    assert env.is_file
+    assert env.mode == 0o640
+    assert env.user == "root"
+    assert env.group == celery.user
+    assert "CELERY_BROKER_URL=" in env.content_string
+    directory = celery.host.file(celery.env_file.rsplit("/", 1)[0])
+    assert directory.mode == 0o750 and directory.user == "root"
+
+
+def test_log_and_state_dirs_belong_to_the_app_user(celery):
+    for path in ("/var/log/%s" % celery.app, "/var/lib/%s" % celery.app, "/run/%s" % celery.app):
+        d = celery.host.file(path)
+        assert d.is_directory, path
+        assert d.user == celery.user and d.group == celery.user, path
+        assert d.mode == 0o750, "%s has mode %o" % (path, d.mode)
+
+
+def test_secret_values_stay_out_of_process_listings(celery):
+    listing = celery.sh("ps -eo args").stdout
+    assert "s3cr3t-value-must-not-leak" not in listing
+    assert "redis://" not in listing
+    # ...yet the tasks do get them through the env file.
+    assert celery.probe("call", "secret_env", "TESTAPP_SECRET")["result"] is True
+
+
+def test_workers_answer_ping_through_the_broker(celery):
+    for worker in celery.workers:
+        assert celery.wait_for(lambda: celery.ping(celery.node(worker)), 30, "ping of %s" % celery.node(worker))
+
+
+def test_a_published_task_is_executed_on_this_host(celery):
+    result = celery.probe("call", "whoami", "--timeout", "30")
+    assert result["state"] == "SUCCESS"
+    assert result["result"]["hostname"] == celery.hostname
+    assert result["result"]["uid"] == celery.host.user(celery.user).uid
+    assert celery.probe("call", "add", "2", "3")["result"] == 5
+
+
+def test_a_task_in_flight_survives_a_restart(celery):
+    worker = celery.workers[0]
+    node = celery.node(worker)
+    celery.wait_for(lambda: celery.ping(node), 30, "ping of %s" % node)
+    since = int(celery.sh("date +%s").stdout)
+    task_id = celery.probe("send", "sleep", "8")
+    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 20, "the task to start on %s" % node)
+    old_pid = celery.main_pid(worker)
+    started = time.monotonic()
+    celery.restart(worker)
+    # The restart waited for the warm shutdown, so the task finished first.
+    assert time.monotonic() - started >= 3, "the restart returned before the task could have finished"
+    result = celery.probe("wait", task_id, "--timeout", "60")
+    assert result["state"] == "SUCCESS", result
+    assert result["result"]["slept"] >= 8
+    assert celery.main_pid(worker) not in (0, old_pid)
+    log = celery.log_since(worker, since)
+    assert "WorkerLostError" not in log
+    assert "SIGTERM" not in log, log
+    assert celery.wait_for(lambda: celery.ping(node), 30, "ping after restart")
+
+
+def test_a_worker_killed_with_sigkill_comes_back(celery):
+    worker = celery.workers[0]
+    node = celery.node(worker)
+    old_pid = celery.main_pid(worker)
+    old_children = celery.children(old_pid)
+    celery.sh("kill -KILL %d" % old_pid)
+    started = time.monotonic()
+    new_pid = celery.wait_for(lambda: celery.main_pid(worker) not in (0, old_pid) and celery.main_pid(worker), 30, "a new main process")
+    assert celery.wait_for(lambda: celery.ping(node, timeout=2), 40, "ping after SIGKILL")
+    took = time.monotonic() - started
+    # RestartSec (2 s in the scenarios) plus start-up.
+    assert took < 45, "the worker took %.1fs to come back" % took
+    alive = [p for p in old_children if celery.host.run("kill -0 %d" % p).rc == 0 and p not in celery.children(new_pid)]
+    assert not alive, "children of the killed worker are still running: %s" % alive

@@ -1,0 +1,77 @@
+"""Role defaults and argument specs stay in step.
+
+- every variable a role's defaults set is an option of its argument spec, with
+  the same default, and every option is in the defaults unless it is required;
+- a variable shared by several roles has one type and one default everywhere;
+- the `preflight` entry point checks exactly what `main` checks.
+"""
+import pathlib
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists())
+
+
+def load(path):
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def specs(role):
+    return load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]
+
+
+def defaults(role):
+    path = ROOT / "roles" / role / "defaults" / "main.yml"
+    return load(path) if path.exists() else {}
+
+
+def test_every_role_has_an_argument_spec():
+    assert set(ROLES) >= {"env", "logdirs", "systemd", "worker"}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_defaults_and_argument_spec_list_the_same_variables(role):
+    options = specs(role)["main"]["options"]
+    values = defaults(role)
+    missing_from_spec = sorted(set(values) - set(options))
+    assert not missing_from_spec, "%s: defaults not in meta/argument_specs.yml: %s" % (role, missing_from_spec)
+    missing_from_defaults = sorted(
+        name for name, option in options.items() if name not in values and not option.get("required"))
+    assert not missing_from_defaults, "%s: options with no default in defaults/main.yml: %s" % (role, missing_from_defaults)
+    for name, option in options.items():
+        if option.get("required"):
+            assert name not in values, "%s: %s is required yet has a default" % (role, name)
+            continue
+        assert option.get("default") == values[name], (
+            "%s: %s defaults to %r in defaults/main.yml but %r in argument_specs" % (role, name, values[name], option.get("default")))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_option_is_prefixed_and_described(role):
+    for name, option in specs(role)["main"]["options"].items():
+        assert name.startswith("celery_"), "%s: %s lacks the celery_ prefix" % (role, name)
+        assert option.get("description"), "%s: %s has no description" % (role, name)
+        assert option.get("type"), "%s: %s has no type" % (role, name)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_preflight_entry_point_checks_what_main_checks(role):
+    entry_points = specs(role)
+    if "preflight" in entry_points:
+        assert entry_points["preflight"]["options"] == entry_points["main"]["options"]
+
+
+def test_shared_variables_agree_across_roles():
+    seen = {}
+    for role in ROLES:
+        for name, option in specs(role)["main"]["options"].items():
+            shape = {k: option.get(k) for k in ("type", "elements", "default", "choices", "required")}
+            seen.setdefault(name, []).append((role, shape))
+    disagreements = {
+        name: uses for name, uses in seen.items()
+        if len({repr(shape) for _, shape in uses}) > 1
+    }
+    assert not disagreements, "shared variables differ between roles: %s" % disagreements

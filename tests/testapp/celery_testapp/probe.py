@@ -1,0 +1,53 @@
+"""Command-line client used by the tests: publishes tasks and waits for them.
+
+    python -m celery_testapp.probe call whoami
+    python -m celery_testapp.probe call sleep 8 --timeout 60
+    python -m celery_testapp.probe send sleep 8          # prints the task id only
+    python -m celery_testapp.probe wait <task id> --timeout 60
+"""
+import argparse
+import json
+import sys
+
+from .app import app
+
+
+def _args(values):
+    out = []
+    for value in values:
+        try:
+            out.append(json.loads(value))
+        except ValueError:
+            out.append(value)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="probe")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("call", "send"):
+        cmd = sub.add_parser(name)
+        cmd.add_argument("task")
+        cmd.add_argument("args", nargs="*")
+        cmd.add_argument("--timeout", type=float, default=60)
+        cmd.add_argument("--queue", default=None)
+    wait = sub.add_parser("wait")
+    wait.add_argument("task_id")
+    wait.add_argument("--timeout", type=float, default=60)
+    opts = parser.parse_args(argv)
+
+    if opts.command in ("call", "send"):
+        options = {"queue": opts.queue} if opts.queue else {}
+        result = app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options)
+        if opts.command == "send":
+            print(result.id)
+            return 0
+    else:
+        result = app.AsyncResult(opts.task_id)
+    value = result.get(timeout=opts.timeout)
+    print(json.dumps({"id": result.id, "state": result.state, "result": value}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+import pytest
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.celeryops.celery.plugins.filter.worker_specs import worker_specs
+
+DEFAULTS = {"queues": ["celery"], "concurrency": 2, "pool": "prefork", "max_tasks_per_child": None,
+            "max_memory_per_child": None, "loglevel": "INFO", "extra_args": []}
+
+
+def test_fills_in_fields_from_the_defaults():
+    [worker] = worker_specs([{"name": "default"}], DEFAULTS)
+    assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "pool": "prefork",
+                      "max_tasks_per_child": None, "max_memory_per_child": None, "loglevel": "INFO", "extra_args": []}
+
+
+def test_entry_fields_win_and_are_normalised():
+    [worker] = worker_specs([{"name": "io", "queues": "a, b", "concurrency": "8", "loglevel": "debug",
+                              "max_tasks_per_child": 100, "extra_args": ["-O", "fair"]}], DEFAULTS)
+    assert worker["queues"] == ["a", "b"]
+    assert worker["concurrency"] == 8
+    assert worker["loglevel"] == "DEBUG"
+    assert worker["max_tasks_per_child"] == 100
+    assert worker["extra_args"] == ["-O", "fair"]
+
+
+@pytest.mark.parametrize("workers, message", [
+    ([], "celery_workers must be a non-empty list"),
+    ([{"name": ""}], "celery_workers[0].name is empty"),
+    ([{}], "celery_workers[0].name is empty"),
+    ([{"name": "a"}, {"name": "a"}], "celery_workers[1].name 'a' is a duplicate of celery_workers[0].name"),
+    ([{"name": "a b"}], "is not a safe unit name"),
+    ([{"name": "../x"}], "is not a safe unit name"),
+    ([{"name": "x@y"}], "is not a safe unit name"),
+    ([{"name": "a", "concurrency": 0}], "celery_workers[0].concurrency must be 1 or more; got 0"),
+    ([{"name": "a", "concurrency": "many"}], "celery_workers[0].concurrency must be a whole number"),
+    ([{"name": "a", "concurrency": True}], "celery_workers[0].concurrency must be a whole number"),
+    ([{"name": "a", "pool": "greenlet"}], "celery_workers[0].pool must be one of prefork, threads, solo, eventlet, gevent"),
+    ([{"name": "a", "loglevel": "LOUD"}], "celery_workers[0].loglevel must be one of"),
+    ([{"name": "a", "queues": []}], "celery_workers[0].queues must be a non-empty list"),
+    ([{"name": "a", "queues": ["x y"]}], "queues has names with spaces or commas"),
+    ([{"name": "a", "extra_args": "-O fair"}], "extra_args must be a list"),
+    ([{"name": "a", "colour": "blue"}], "celery_workers[0] has unknown fields colour"),
+    (["default"], "celery_workers[0] must be a dict"),
+])
+def test_bad_workers_fail_with_a_message_naming_the_field(workers, message):
+    with pytest.raises(AnsibleFilterError) as error:
+        worker_specs(workers, DEFAULTS)
+    assert message in str(error.value)
+
+
+def test_unknown_default_fields_are_refused():
+    with pytest.raises(AnsibleFilterError, match="celery_worker_defaults has unknown fields colour"):
+        worker_specs([{"name": "a"}], dict(DEFAULTS, colour="blue"))
