@@ -16,7 +16,8 @@ MARKER = "/root/.preflight-marker"
 # What may change while nothing is provisioned: Ansible's own temp files,
 # systemd's and the kernel's runtime state.
 WATCHED = "/etc /srv /var/lib /var/log /usr/local /opt /home"
-IGNORED = ("/var/lib/systemd/", "/var/log/journal/", "/var/lib/apt/", "/var/lib/dpkg/")
+IGNORED = ("/var/lib/systemd/", "/var/log/journal/", "/var/lib/apt/", "/var/lib/dpkg/",
+           "/var/log/apt/")  # apt's simulation log, written by check mode
 
 CASES = {
     "unknown process manager": (
