@@ -86,6 +86,18 @@ class CeleryHost:
         return self.sh("cat /var/log/%s/worker-%s.log" % (self.app, worker), check=False).stdout
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Keep each host's checks in one xdist worker, in file order: they stop,
+    restart and kill that host's workers and must not overlap. Hosts still run
+    in parallel."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        host = callspec.params.get("_testinfra_host") if callspec else None
+        if host is not None:
+            item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
+
+
 @pytest.fixture
 def celery(host):
     return CeleryHost(host)

@@ -11,8 +11,9 @@ def test_every_worker_is_running_and_starts_at_boot(celery):
             assert unit.is_running, "%s is not active" % celery.service(worker)
             assert unit.is_enabled, "%s is not enabled" % celery.service(worker)
         else:
-            status = celery.sh("supervisorctl status %s" % celery.service(worker)).stdout
-            assert "RUNNING" in status, status
+            # RUNNING once it has stayed up for startsecs.
+            assert celery.wait_for(lambda: "RUNNING" in celery.sh("supervisorctl status %s" % celery.service(worker), check=False).stdout,
+                                   30, "%s to be RUNNING" % celery.service(worker))
         assert celery.main_pid(worker) > 0
 
 
@@ -104,3 +105,41 @@ def test_a_worker_killed_with_sigkill_comes_back(celery):
     assert took < 45, "the worker took %.1fs to come back" % took
     alive = [p for p in old_children if celery.host.run("kill -0 %d" % p).rc == 0 and p not in celery.children(new_pid)]
     assert not alive, "children of the killed worker are still running: %s" % alive
+
+
+def test_secret_values_stay_out_of_the_managers_files_and_logs(celery):
+    places = "/etc/systemd/system /etc/supervisor /var/log/supervisor /var/log/%s /usr/local/libexec" % celery.app
+    found = celery.sh("grep -rl 's3cr3t-value-must-not-leak' %s 2>/dev/null || true" % places).stdout.strip()
+    assert found == "", "the secret is written in %s" % found
+    journal = celery.sh("journalctl -q -o cat --no-pager | grep -c 's3cr3t-value-must-not-leak' || true").stdout.strip()
+    assert journal == "0"
+
+
+def test_the_app_user_cannot_control_the_process_manager(celery):
+    worker = celery.workers[0]
+    if celery.manager == "systemd":
+        attempt = celery.host.run("runuser -u %s -- systemctl stop %s" % (celery.user, celery.service(worker)))
+    else:
+        attempt = celery.host.run("runuser -u %s -- supervisorctl stop %s" % (celery.user, celery.service(worker)))
+        socket = celery.host.file("/var/run/supervisor.sock")
+        assert socket.user == "root" and not socket.mode & 0o007, "supervisor's socket is open to other users"
+    assert attempt.rc != 0 or "denied" in (attempt.stdout + attempt.stderr).lower(), attempt.stdout + attempt.stderr
+    assert celery.main_pid(worker) > 0, "the app user stopped its own worker"
+
+
+def test_a_stop_leaves_no_process_behind(celery):
+    worker = celery.workers[0]
+    node = celery.node(worker)
+    pid = celery.main_pid(worker)
+    family = [pid] + celery.children(pid)
+    if celery.manager == "systemd":
+        celery.sh("systemctl stop %s" % celery.service(worker))
+    else:
+        celery.sh("supervisorctl stop %s" % celery.service(worker))
+    alive = [p for p in family if celery.host.run("kill -0 %d" % p).rc == 0]
+    assert not alive, "processes left after stop: %s" % alive
+    if celery.manager == "systemd":
+        celery.sh("systemctl start %s" % celery.service(worker))
+    else:
+        celery.sh("supervisorctl start %s" % celery.service(worker))
+    assert celery.wait_for(lambda: celery.ping(node, timeout=2), 40, "ping after start")

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The ansible-core matrix: for every line meta/runtime.yml claims that installs
+# on this Python (one tests/matrix/requirements-<line>.txt each, kept in step
+# with requires_ansible by tests/sanity/test_requires_ansible.py), in that
+# line's own virtualenv:
+#   - ansible-test sanity and units (tests/harness/sanity.sh): every sanity
+#     test on every line, compile and import on each Python the line supports;
+#     the unit tests on every Python 3 on the tooling line and on the
+#     controller's Python on the older lines (what differs between lines is
+#     ansible-core, which that covers; the Python versions are covered once);
+#   - one converge of the site playbook, from the built collection tarball
+#     installed by that line's ansible-galaxy, against a Debian 12 systemd
+#     container with a Redis broker, then one real task through the broker.
+# Sanity runs one line at a time while the converges run beside it (they wait
+# on apt and pip in the containers, sanity on the CPU).
+#
+# Usage: matrix.sh [LINE ...]   (default: every line)
+# Prints one line per check and a closing "matrix: N passed, N failed".
+source "$(dirname "$0")/common.sh"
+source "${REPO_ROOT}/tests/matrix/lib.sh"
+
+LOG_DIR="${CACHE_DIR}/logs/matrix"
+EXTRA_COLLECTIONS="${MATRIX_CACHE}/extra-collections"
+# Every capability but those this kernel's bounding set or Docker refuses
+# (--privileged fails here), as the Molecule platforms have them: systemd's
+# sandboxing of the units needs them.
+CAPS=(AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER
+      FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN
+      NET_BIND_SERVICE NET_BROADCAST NET_RAW SETFCAP SETGID SETPCAP SETUID SYS_ADMIN SYS_BOOT
+      SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_TIME SYS_TTY_CONFIG SYSLOG
+      WAKE_ALARM)
+
+LINES=()
+
+remove_line_containers() {
+  local line="$1"
+  docker rm -f "matrix-${line}" "matrix-broker-${line}" >/dev/null 2>&1 || true
+  docker network rm "celeryops-matrix-${line}" >/dev/null 2>&1 || true
+}
+
+cleanup() {
+  local line
+  for line in "${LINES[@]}"; do remove_line_containers "$line"; done
+}
+
+# The index lists the ansible-core releases that install on this Python: no
+# claimed line may lack a requirements file, and stale pins are reported.
+check_lines() {
+  local releases="${MATRIX_CACHE}/ansible-core-releases.txt"
+  if ! python3 -m pip index versions ansible-core >"$releases" 2>/dev/null; then
+    log "WARNING: the package index did not list ansible-core; lines checked offline only"
+    rm -f "$releases"
+  fi
+  (
+    cd "$REPO_ROOT" || exit 1
+    if [[ -f "$releases" ]]; then export CELERYOPS_ANSIBLE_CORE_RELEASES="$releases"; fi
+    "${VENV_DIR}/bin/python" -m pytest -p no:cacheprovider -q -rw tests/sanity/test_requires_ansible.py
+  )
+}
+
+# community.docker (its docker connection plugin) from the `ansible` package of
+# the tooling virtualenv. Its requires_ansible (>=2.15) admits every line of
+# the matrix and it drives the docker CLI only, so one copy serves all lines;
+# installing each line's own `ansible` package (hundreds of MB) would not test
+# anything more, and Galaxy cannot be reached.
+ensure_docker_collection() {
+  local found=("${VENV_DIR}"/lib/python3*/site-packages/ansible_collections/community/docker) src
+  src="${found[0]}"
+  [[ -d "$src" ]] || die "community.docker is missing from ${VENV_DIR} (tests/requirements.txt: ansible)"
+  mkdir -p "${EXTRA_COLLECTIONS}/ansible_collections/community"
+  rsync -a --delete "${src}/" "${EXTRA_COLLECTIONS}/ansible_collections/community/docker/"
+}
+
+converge_line() {
+  local line="$1" venv ctr="matrix-$1" broker="matrix-broker-$1" net="celeryops-matrix-$1" coll out cap
+  venv="$(line_venv "$line")"
+  coll="${MATRIX_CACHE}/collections-${line}"
+  rm -rf "$coll"
+  "${venv}/bin/ansible-galaxy" collection install --force --no-deps -p "$coll" "$TARBALL"
+
+  remove_line_containers "$line"
+  docker network create "$net" >/dev/null
+  docker run -d --name "$broker" --network "$net" "${IMAGE_PREFIX}/redis:latest" >/dev/null
+  local run=(docker run -d --name "$ctr" --hostname "$ctr" --network "$net"
+    --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --tmpfs /tmp
+    --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
+  for cap in "${CAPS[@]}"; do run+=(--cap-add "$cap"); done
+  "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null
+
+  (
+    cd "${REPO_ROOT}/tests/matrix" || exit 1
+    export ANSIBLE_COLLECTIONS_PATH="${coll}:${EXTRA_COLLECTIONS}" ANSIBLE_ROLES_PATH=/nonexistent
+    export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 ANSIBLE_HOST_KEY_CHECKING=false
+    export MATRIX_CONTAINER="$ctr" MATRIX_BROKER="$broker" CELERYOPS_CA_BUNDLE
+    "${venv}/bin/ansible-playbook" -i inventory.yml converge.yml
+  )
+
+  # One real task, published through the broker and run by a worker.
+  out="$(docker exec "$ctr" sh -c 'cd /srv/testapp/current && set -a && . /etc/testapp/celery.env && set +a \
+    && .venv/bin/python -m celery_testapp.probe call add 2 3 --timeout 60')"
+  printf 'probe: %s\n' "$out"
+  python3 -c 'import json, sys; r = json.loads(sys.argv[1].splitlines()[-1]); sys.exit(0 if r["result"] == 5 else 1)' "$out"
+}
+
+passed=0 failed=0 failures=()
+check() {
+  local name="$1"; shift
+  local logfile="${LOG_DIR}/${name}.log" start=$SECONDS
+  if "$@" >"$logfile" 2>&1; then
+    passed=$((passed + 1)); log "${name}: passed in $((SECONDS - start))s"
+  else
+    failed=$((failed + 1)); failures+=("$name")
+    log "${name}: FAILED in $((SECONDS - start))s; last lines of ${logfile}:"
+    tail -n 40 "$logfile" >&2
+  fi
+}
+
+sanity_lane() {
+  local line tooling
+  passed=0 failed=0 failures=()
+  tooling="$(tooling_line)"
+  for line in "${LINES[@]}"; do
+    if [[ "$line" == "$tooling" ]]; then
+      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line"
+    else
+      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --controller-units
+    fi
+  done
+  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.sanity-counts"
+  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.sanity-failures"
+}
+
+converge_lane() {
+  local line
+  passed=0 failed=0 failures=()
+  for line in "${LINES[@]}"; do
+    check "converge-${line}" converge_line "$line"
+    remove_line_containers "$line"
+  done
+  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.converge-counts"
+  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.converge-failures"
+}
+
+main() {
+  local t0=$SECONDS line p f lane
+  if (($#)); then LINES=("$@"); else mapfile -t LINES < <(matrix_lines); fi
+  trap cleanup EXIT
+  mkdir -p "$LOG_DIR"
+  rm -f "${LOG_DIR}"/.*-counts "${LOG_DIR}"/.*-failures
+  bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
+  bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 redis
+  activate_venv
+  check lines check_lines
+  ensure_tarball
+  ensure_docker_collection
+  local pids=()
+  for line in "${LINES[@]}"; do ensure_line_venv "$line" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || die "a line's virtualenv could not be made"; done
+  log "lines: ${LINES[*]}"
+
+  sanity_lane &
+  local sanity_pid=$!
+  converge_lane &
+  local converge_pid=$!
+  wait "$sanity_pid" || true
+  wait "$converge_pid" || true
+  for lane in sanity converge; do
+    read -r p f <"${LOG_DIR}/.${lane}-counts" || { p=0 f=1; failures+=("${lane} lane"); }
+    passed=$((passed + p)); failed=$((failed + f))
+    while read -r name; do [[ -n "$name" ]] && failures+=("$name"); done <"${LOG_DIR}/.${lane}-failures" || true
+  done
+
+  log "the matrix took $((SECONDS - t0))s; logs in ${LOG_DIR}"
+  ((failed == 0)) || log "failed: ${failures[*]}"
+  echo "matrix: ${passed} passed, ${failed} failed"
+  ((failed == 0))
+}
+main "$@"

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# ansible-test sanity and units for one ansible-core line, in that line's own
+# virtualenv (tests/matrix/requirements-<line>.txt), run as Ansible Galaxy's
+# and Automation Hub's checks run them: from a copy of the collection laid out
+# as ansible_collections/celeryops/celery, with --venv (ansible-test makes and
+# keeps its own virtualenvs, no container registry needed).
+#
+# Every sanity test runs, its compile and import tests on each Python the line
+# supports that this machine has; so do the unit tests.
+#
+# Usage: sanity.sh [--core LINE] [--controller-units] [--no-units]
+#   --core LINE         ansible-core line, e.g. 2.16 (default: the tooling line
+#                       of tests/requirements.txt)
+#   --controller-units  unit tests on the controller's Python only (what
+#                       matrix.sh does on all lines but the tooling line)
+#   --no-units          sanity only
+source "$(dirname "$0")/common.sh"
+source "${REPO_ROOT}/tests/matrix/lib.sh"
+
+line="$(tooling_line)" controller_units=0 units=1
+while (($#)); do
+  case "$1" in
+    --core) line="$2"; shift 2 ;;
+    --controller-units) controller_units=1; shift ;;
+    --no-units) units=0; shift ;;
+    *) die "unknown argument: $1 (usage: sanity.sh [--core LINE] [--controller-units] [--no-units])" ;;
+  esac
+done
+
+# ansible-test's shellcheck test is skipped with a mere warning when the
+# program is missing: install it, so the test really runs.
+if ! command -v shellcheck >/dev/null; then
+  log "apt-get install shellcheck"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends shellcheck >/dev/null
+fi
+
+ensure_line_venv "$line"
+venv="$(line_venv "$line")"
+ensure_get_pip_standins "$venv"
+export PATH="${venv}/bin:${PATH}"
+unset ANSIBLE_COLLECTIONS_PATH ANSIBLE_COLLECTIONS_PATHS
+export ANSIBLE_TEST_PREFER_PODMAN=0 NO_COLOR=1
+
+# pyenv's pythonX.Y shims answer only for the active version, and ansible-test
+# passes no PYENV_VERSION on: put every installed Python on PATH under its own
+# name, so that ansible-test finds each Python the line supports. The unit
+# tests are Python 3 only (unittest.mock), and Python 2.7 has no venv module
+# for ansible-test to make their virtualenv with: they get the Python 3 ones.
+units_path="$PATH"
+if command -v pyenv >/dev/null; then
+  bindir="${MATRIX_CACHE}/pythons-${line}"
+  rm -rf "$bindir"; mkdir -p "${bindir}/all" "${bindir}/py3"
+  for exe in "$(pyenv root)"/versions/*/bin/python[23].[0-9]*; do
+    [[ "$exe" =~ /python([23])\.[0-9]+$ && -x "$exe" ]] || continue
+    ln -sfn "$exe" "${bindir}/all/${exe##*/}"
+    if [[ "${BASH_REMATCH[1]}" == 3 ]]; then ln -sfn "$exe" "${bindir}/py3/${exe##*/}"; fi
+  done
+  units_path="${bindir}/py3:${PATH}"
+  export PATH="${bindir}/all:${PATH}"
+fi
+units_python=()
+if ((controller_units)); then
+  units_python=(--python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')")
+fi
+
+tree="$(sync_collection_tree "${MATRIX_CACHE}/tree-${line}")"
+cd "$tree" || exit 1
+label="ansible-test $(ansible --version | sed -n '1s/.*core \([^]]*\)].*/\1/p')"
+report="${MATRIX_CACHE}/sanity-${line}.out"
+log "${label} sanity"
+rc=0
+ansible-test sanity --venv --color no 2>&1 | tee "$report" || rc=1
+if ((units)); then
+  log "${label} units"
+  PATH="$units_path" ansible-test units --venv --color no "${units_python[@]}" 2>&1 | tee -a "$report" || rc=1
+fi
+# The verdicts, after the long output.
+grep -E '^(ERROR|FATAL)|^=+ .*(passed|failed|error).* =+$' "$report" >&2 || true
+log "${label}: $( ((rc == 0)) && echo passed || echo FAILED)"
+exit "$rc"
