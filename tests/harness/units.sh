@@ -9,4 +9,4 @@ rm -rf "${tree}"
 mkdir -p "${tree}/ansible_collections/celeryops"
 rsync -a --exclude .cache --exclude .git "${REPO_ROOT}/" "${tree}/ansible_collections/celeryops/celery/"
 cd "${tree}/ansible_collections/celeryops/celery"
-PYTHONPATH="${tree}" python -m pytest -p no:cacheprovider -q tests/unit tests/sanity
+PYTHONPATH="${tree}" python -m pytest -p no:cacheprovider --import-mode=importlib -q tests/unit tests/sanity

@@ -4,11 +4,14 @@ change on the host, with a message that names the variable and what is allowed.
 Each case runs the site playbook against a pristine host, the way a user would
 (`ansible-playbook celeryops.celery.site -e ...`), then checks that nothing on
 the host changed."""
-import json
 import os
-import subprocess
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
+
+from celery_checks import run_site  # noqa: E402
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -60,15 +63,6 @@ CASES = {
         {"celery_log_dir": "logs"},
         ["celery_log_dir", "absolute"]),
 }
-
-
-def run_site(extra_vars, check=False):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    cmd = ["ansible-playbook", "-i", inventory, "celeryops.celery.site", "-e", json.dumps(extra_vars)]
-    if check:
-        cmd.append("--check")
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def changed_paths(host):

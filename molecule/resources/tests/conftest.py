@@ -1,89 +1,12 @@
-"""Helpers shared by the scenarios' checks: they speak to the hosts the way an
-operator would, through the process manager and through the broker."""
-import json
-import shlex
-import time
+"""Fixtures of the scenarios' checks; the helpers live in celery_checks.py."""
+import os
+import sys
 
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-class CeleryHost:
-    """One provisioned host, seen through its process manager and its broker."""
-
-    def __init__(self, host):
-        self.host = host
-        variables = host.ansible.get_variables()
-        self.app = variables.get("celery_app_name", "celery")
-        self.manager = variables.get("celery_process_manager", "systemd")
-        self.user = variables.get("celery_user", self.app)
-        self.workers = [w["name"] for w in variables.get("celery_workers", [{"name": "default"}])]
-        self.app_dir = "/srv/%s/current" % self.app
-        self.env_file = "/etc/%s/celery.env" % self.app
-        self.hostname = host.check_output("hostname")
-
-    # -- running things -------------------------------------------------
-    def sh(self, script, check=True, timeout=None):
-        cmd = self.host.run("sh -c %s" % shlex.quote(script))
-        if check and cmd.rc != 0:
-            raise AssertionError("%r failed (%d):\n%s\n%s" % (script, cmd.rc, cmd.stdout, cmd.stderr))
-        return cmd
-
-    def in_app(self, command):
-        """Run a command the way the workers do: app dir, venv, env file."""
-        return "cd %s && set -a && . %s && set +a && exec %s" % (self.app_dir, self.env_file, command)
-
-    def probe(self, *args):
-        out = self.sh(self.in_app(".venv/bin/python -m celery_testapp.probe " + " ".join(shlex.quote(str(a)) for a in args)))
-        return json.loads(out.stdout.strip().splitlines()[-1]) if args[0] != "send" else out.stdout.strip()
-
-    def ping(self, node, timeout=5):
-        cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json" % (node, timeout)), check=False)
-        return cmd.rc == 0 and node in cmd.stdout
-
-    def active(self, node):
-        cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node), check=False)
-        if cmd.rc != 0:
-            return []
-        return json.loads(cmd.stdout.strip().splitlines()[-1]).get(node, [])
-
-    def wait_for(self, predicate, timeout, what, interval=0.5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-
-    # -- the process manager --------------------------------------------
-    def service(self, worker):
-        if self.manager == "systemd":
-            return "%s-worker-%s.service" % (self.app, worker)
-        return "%s:%s-worker-%s" % (self.app, self.app, worker)
-
-    def node(self, worker):
-        return "%s@%s" % (worker, self.hostname)
-
-    def main_pid(self, worker):
-        if self.manager == "systemd":
-            out = self.sh("systemctl show -p MainPID --value %s" % self.service(worker)).stdout.strip()
-        else:
-            out = self.sh("supervisorctl pid %s" % self.service(worker), check=False).stdout.strip()
-        return int(out) if out.isdigit() else 0
-
-    def restart(self, worker):
-        if self.manager == "systemd":
-            return self.sh("systemctl restart %s" % self.service(worker))
-        return self.sh("supervisorctl restart %s" % self.service(worker))
-
-    def children(self, pid):
-        out = self.sh("ps -o pid= --ppid %d" % pid, check=False).stdout.split()
-        return [int(p) for p in out]
-
-    def log_since(self, worker, since):
-        if self.manager == "systemd":
-            return self.sh("journalctl -q -o cat -u %s --since=@%d" % (self.service(worker), since)).stdout
-        return self.sh("cat /var/log/%s/worker-%s.log" % (self.app, worker), check=False).stdout
+from celery_checks import CeleryHost  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 import time
@@ -53,3 +54,18 @@ def sleep(seconds):
 def secret_env(name):
     """Whether a variable from the env file reached the task (not its value)."""
     return bool(os.environ.get(name))
+
+
+# Beat's schedule in the scenarios: one tick every CELERY_TESTAPP_BEAT_INTERVAL
+# seconds, each recorded in Redis so that the tests count executions.
+TICKS_KEY = "celery_testapp:ticks"
+if os.environ.get("CELERY_TESTAPP_BEAT_INTERVAL"):
+    app.conf.beat_schedule = {
+        "tick": {"task": "celery_testapp.app.tick", "schedule": float(os.environ["CELERY_TESTAPP_BEAT_INTERVAL"])},
+    }
+
+
+@app.task
+def tick():
+    app.backend.client.rpush(TICKS_KEY, json.dumps(dict(_where(), at=time.time())))
+    return True

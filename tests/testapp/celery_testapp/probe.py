@@ -4,6 +4,7 @@
     python -m celery_testapp.probe call sleep 8 --timeout 60
     python -m celery_testapp.probe send sleep 8          # prints the task id only
     python -m celery_testapp.probe wait <task id> --timeout 60
+    python -m celery_testapp.probe ticks                 # Beat ticks executed so far
 """
 import argparse
 import json
@@ -31,11 +32,22 @@ def main(argv=None):
         cmd.add_argument("args", nargs="*")
         cmd.add_argument("--timeout", type=float, default=60)
         cmd.add_argument("--queue", default=None)
+    sub.add_parser("ticks", help="print the recorded Beat ticks as JSON")
+    sub.add_parser("clear-ticks", help="forget the recorded Beat ticks")
     wait = sub.add_parser("wait")
     wait.add_argument("task_id")
     wait.add_argument("--timeout", type=float, default=60)
     opts = parser.parse_args(argv)
 
+    if opts.command in ("ticks", "clear-ticks"):
+        from .app import TICKS_KEY
+        client = app.backend.client
+        if opts.command == "clear-ticks":
+            client.delete(TICKS_KEY)
+            print("[]")
+        else:
+            print(json.dumps([json.loads(t) for t in client.lrange(TICKS_KEY, 0, -1)]))
+        return 0
     if opts.command in ("call", "send"):
         options = {"queue": opts.queue} if opts.queue else {}
         result = app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options)

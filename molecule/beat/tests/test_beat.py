@@ -1,0 +1,185 @@
+"""Beat runs on exactly one host under either process manager: one tick per
+interval, moved with celery_beat_host without ever running twice, and a
+switch of process manager keeps one set of workers and loses no task.
+
+The checks run in order and re-run the site playbook the way a user would."""
+import json
+import os
+import sys
+import threading
+import time
+
+import pytest
+import testinfra
+import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
+
+from celery_checks import CeleryHost, run_site  # noqa: E402
+
+FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
+INTERVAL = 2.0
+
+
+def celery_host(name, manager):
+    host = testinfra.get_host("ansible://" + name, ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    return CeleryHost(host, manager=manager)
+
+
+def hosts(manager):
+    return {name: celery_host(name, manager) for name in (FIRST, SECOND)}
+
+
+def converge(**extra_vars):
+    result = run_site(extra_vars)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return result
+
+
+def count_ticks(celery, seconds):
+    """Executed ticks over a window, with the gaps between them."""
+    celery.probe("clear-ticks")
+    time.sleep(seconds)
+    ticks = sorted(t["at"] for t in celery.probe("ticks"))
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    return ticks, gaps
+
+
+def assert_one_tick_per_interval(celery, seconds=12.0):
+    ticks, gaps = count_ticks(celery, seconds)
+    expected = seconds / INTERVAL
+    assert abs(len(ticks) - expected) <= 1.5, "%d ticks in %ss, expected about %d: %s" % (len(ticks), seconds, expected, gaps)
+    assert min(gaps) > INTERVAL / 2, "two ticks %.2fs apart: Beat runs twice" % min(gaps)
+
+
+def beat_hosts(manager):
+    return sorted(name for name, celery in hosts(manager).items() if celery.beat_pids())
+
+
+class BeatWatch(threading.Thread):
+    """Samples every host for Beat processes while a play runs."""
+
+    def __init__(self, manager):
+        super().__init__(daemon=True)
+        self.manager, self.stop, self.samples, self.overlaps = manager, threading.Event(), 0, []
+
+    def run(self):
+        watched = hosts(self.manager)
+        while not self.stop.is_set():
+            running = sorted(name for name, celery in watched.items() if celery.beat_pids())
+            self.samples += 1
+            if len(running) > 1:
+                self.overlaps.append(running)
+            time.sleep(0.3)
+
+
+def test_beat_runs_on_the_first_host_only():
+    assert beat_hosts("systemd") == [FIRST]
+    first = celery_host(FIRST, "systemd")
+    assert first.host.service("testapp-beat.service").is_enabled
+    assert not celery_host(SECOND, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
+    # shelve adds the extension of the dbm module at hand (.db, .dat ...).
+    owners = first.sh("stat -c %U /var/lib/testapp/celerybeat-schedule*").stdout.split()
+    assert owners and set(owners) == {"testapp"}, owners
+
+
+def test_beat_fires_one_task_per_interval():
+    assert_one_tick_per_interval(celery_host(FIRST, "systemd"))
+
+
+def test_beat_unit_is_sandboxed_like_the_workers():
+    out = celery_host(FIRST, "systemd").sh("systemd-analyze security testapp-beat.service | tail -n 1").stdout
+    score = float(out.split(":")[1].split()[0])
+    assert score <= 1.5, out
+
+
+def test_moving_the_beat_host_moves_beat_without_two_at_once():
+    watch = BeatWatch("systemd")
+    watch.start()
+    try:
+        converge(celery_beat_host=SECOND)
+    finally:
+        watch.stop.set()
+        watch.join()
+    assert watch.samples > 10
+    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    assert beat_hosts("systemd") == [SECOND]
+    assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
+    assert_one_tick_per_interval(celery_host(SECOND, "systemd"))
+
+
+def worker_main_processes(celery):
+    """Main processes of Celery workers: a celery worker whose parent is not one."""
+    out = celery.sh("ps -u %s -o pid=,ppid=,args= | grep ' worker ' | grep -v grep || true" % celery.user).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    pids = {int(r[0]) for r in rows}
+    return [int(r[0]) for r in rows if int(r[1]) not in pids]
+
+
+@pytest.mark.parametrize("old, new", [("systemd", "supervisor"), ("supervisor", "systemd")])
+def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new):
+    first = celery_host(FIRST, old)
+    task_id = first.probe("send", "sleep", "8")
+    first.wait_for(lambda: any(t["id"] == task_id for name in (FIRST, SECOND)
+                               for t in celery_host(name, old).active(celery_host(name, old).node("default"))),
+                   20, "the long task to start")
+    watch = BeatWatch(new)
+    watch.start()
+    try:
+        converge(celery_beat_host=SECOND, celery_process_manager=new)
+    finally:
+        watch.stop.set()
+        watch.join()
+    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    result = first.probe("wait", task_id, "--timeout", "60")
+    assert result["state"] == "SUCCESS" and result["result"]["slept"] >= 8, result
+
+    for name, celery in hosts(new).items():
+        assert len(worker_main_processes(celery)) == 1, "%s runs %s worker main processes" % (name, worker_main_processes(celery))
+        units = celery.sh("ls /etc/systemd/system | grep '^testapp' || true").stdout.split()
+        programs = celery.host.file("/etc/supervisor/conf.d/testapp.conf").exists
+        if new == "supervisor":
+            assert units == [], "%s still has systemd units %s" % (name, units)
+            assert programs
+        else:
+            assert "testapp-worker-default.service" in units and not programs
+        assert celery.wait_for(lambda: celery.ping(celery.node("default"), timeout=2), 30, "ping on %s" % name)
+        log = celery.sh("journalctl -q -o cat --no-pager; cat /var/log/testapp/*.log 2>/dev/null || true").stdout
+        assert "WorkerLostError" not in log
+    assert beat_hosts(new) == [SECOND]
+    assert_one_tick_per_interval(celery_host(SECOND, new))
+
+
+def snapshot(celery):
+    return celery.sh("ls -l --time-style=+%s /etc/systemd/system/testapp* /etc/supervisor/conf.d 2>/dev/null; "
+                     "cat /etc/testapp/celery.env | md5sum").stdout
+
+
+def test_a_beat_host_outside_the_play_fails_before_any_change():
+    before = {name: snapshot(c) for name, c in hosts("systemd").items()}
+    beat_before = {name: c.beat_pids() for name, c in hosts("systemd").items()}
+    result = run_site({"celery_beat_host": "nosuchhost"})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "celery_beat_host 'nosuchhost' is not a host of this play" in output, output[-3000:]
+    assert {name: snapshot(c) for name, c in hosts("systemd").items()} == before
+    assert {name: c.beat_pids() for name, c in hosts("systemd").items()} == beat_before
+
+
+def test_beat_requested_on_two_hosts_by_host_vars_fails_before_any_change(tmp_path):
+    with open(os.environ["MOLECULE_INVENTORY_FILE"]) as handle:
+        inventory = yaml.safe_load(handle)
+    for name in (FIRST, SECOND):
+        # Each host names itself: two Beats requested.
+        inventory["all"]["hosts"][name]["celery_beat_host"] = name
+    path = tmp_path / "inventory.yml"
+    path.write_text(json.dumps(inventory))
+    # molecule's group_vars live beside its inventory file.
+    os.symlink(os.path.join(os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), "group_vars"), tmp_path / "group_vars")
+    before = {name: snapshot(c) for name, c in hosts("systemd").items()}
+    result = run_site({}, inventory=str(path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "celery_beat_host must name one and the same host" in output, output[-3000:]
+    assert FIRST in output and SECOND in output
+    assert {name: snapshot(c) for name, c in hosts("systemd").items()} == before

@@ -1,0 +1,103 @@
+"""What the scenarios' checks share: a host seen through its process manager
+and its broker, and the site playbook run the way a user runs it."""
+import json
+import os
+import shlex
+import subprocess
+import time
+
+
+def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site"):
+    """ansible-playbook against the scenario's hosts; returns the CompletedProcess."""
+    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
+           "-e", json.dumps(extra_vars or {})]
+    if check:
+        cmd.append("--check")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+
+
+class CeleryHost:
+    """One provisioned host, seen through its process manager and its broker."""
+
+    def __init__(self, host, manager=None):
+        self.host = host
+        variables = host.ansible.get_variables()
+        self.app = variables.get("celery_app_name", "celery")
+        self.manager = manager or variables.get("celery_process_manager", "systemd")
+        self.user = variables.get("celery_user", self.app)
+        self.workers = [w["name"] for w in variables.get("celery_workers", [{"name": "default"}])]
+        self.app_dir = "/srv/%s/current" % self.app
+        self.env_file = "/etc/%s/celery.env" % self.app
+        self.hostname = host.check_output("hostname")
+
+    # -- running things -------------------------------------------------
+    def sh(self, script, check=True, timeout=None):
+        cmd = self.host.run("sh -c %s" % shlex.quote(script))
+        if check and cmd.rc != 0:
+            raise AssertionError("%r failed (%d):\n%s\n%s" % (script, cmd.rc, cmd.stdout, cmd.stderr))
+        return cmd
+
+    def in_app(self, command):
+        """Run a command the way the workers do: app dir, venv, env file."""
+        return "cd %s && set -a && . %s && set +a && exec %s" % (self.app_dir, self.env_file, command)
+
+    def probe(self, *args):
+        out = self.sh(self.in_app(".venv/bin/python -m celery_testapp.probe " + " ".join(shlex.quote(str(a)) for a in args)))
+        return json.loads(out.stdout.strip().splitlines()[-1]) if args[0] != "send" else out.stdout.strip()
+
+    def ping(self, node, timeout=5):
+        cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json" % (node, timeout)), check=False)
+        return cmd.rc == 0 and node in cmd.stdout
+
+    def active(self, node):
+        cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node), check=False)
+        if cmd.rc != 0:
+            return []
+        return json.loads(cmd.stdout.strip().splitlines()[-1]).get(node, [])
+
+    def wait_for(self, predicate, timeout, what, interval=0.5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+    # -- the process manager --------------------------------------------
+    def service(self, worker):
+        if self.manager == "systemd":
+            return "%s-worker-%s.service" % (self.app, worker)
+        return "%s:%s-worker-%s" % (self.app, self.app, worker)
+
+    def node(self, worker):
+        return "%s@%s" % (worker, self.hostname)
+
+    def main_pid(self, worker):
+        if self.manager == "systemd":
+            out = self.sh("systemctl show -p MainPID --value %s" % self.service(worker)).stdout.strip()
+        else:
+            out = self.sh("supervisorctl pid %s" % self.service(worker), check=False).stdout.strip()
+        return int(out) if out.isdigit() else 0
+
+    def restart(self, worker):
+        if self.manager == "systemd":
+            return self.sh("systemctl restart %s" % self.service(worker))
+        return self.sh("supervisorctl restart %s" % self.service(worker))
+
+    def children(self, pid):
+        out = self.sh("ps -o pid= --ppid %d" % pid, check=False).stdout.split()
+        return [int(p) for p in out]
+
+    def log_since(self, worker, since):
+        if self.manager == "systemd":
+            return self.sh("journalctl -q -o cat -u %s --since=@%d" % (self.service(worker), since)).stdout
+        return self.sh("cat /var/log/%s/worker-%s.log" % (self.app, worker), check=False).stdout
+
+    # -- Beat -------------------------------------------------------------
+    def beat_pids(self):
+        """PIDs of Beat processes of the app, whatever runs them."""
+        out = self.sh("pgrep -u %s -f -- ' beat ' || true" % self.user).stdout.split()
+        return [int(p) for p in out]
+
