@@ -7,7 +7,7 @@
 # Prints one line per stage and a closing "stages: N passed, N failed".
 source "$(dirname "$0")/common.sh"
 
-SCENARIOS=(preflight default)
+SCENARIOS=(preflight default supervisor beat)
 ((${#@})) && SCENARIOS=("$@")
 
 passed=0 failed=0 failures=()

@@ -143,3 +143,20 @@ def test_a_stop_leaves_no_process_behind(celery):
     else:
         celery.sh("supervisorctl start %s" % celery.service(worker))
     assert celery.wait_for(lambda: celery.ping(node, timeout=2), 40, "ping after start")
+
+
+def test_the_manager_itself_stops_workers_warm_and_units_are_sandboxed(celery):
+    if celery.manager == "systemd":
+        for worker in celery.workers:
+            unit = celery.service(worker)
+            kill_mode = celery.sh("systemctl show -p KillMode --value %s" % unit).stdout.strip()
+            assert kill_mode == "mixed", "%s has KillMode=%s" % (unit, kill_mode)
+            line = celery.sh("systemd-analyze security %s | tail -n 1" % unit).stdout
+            score = float(line.split(":")[1].split()[0])
+            assert score <= 1.5, line
+    else:
+        # Stopping supervisord (shutdown, upgrade) must stop the workers warm too.
+        kill_mode = celery.sh("systemctl show -p KillMode --value supervisor.service").stdout.strip()
+        assert kill_mode == "mixed", "supervisor.service has KillMode=%s" % kill_mode
+        conf = celery.host.file("/etc/supervisor/conf.d/%s.conf" % celery.app).content_string
+        assert "stopasgroup=false" in conf and "killasgroup=true" in conf
