@@ -46,7 +46,7 @@ ensure_venv() {
 
 main() {
   [[ $(id -u) -eq 0 ]] || die "the harness manages the Docker engine and needs root"
-  apt_install debootstrap python3-venv rsync
+  apt_install debootstrap python3-venv rsync shellcheck
   ensure_docker
   ensure_venv
 }

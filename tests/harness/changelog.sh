@@ -46,7 +46,7 @@ releases = sorted((Version(str(v)) for v in (changes.get("releases") or {})), re
 fragments = sorted(p.name for p in pathlib.Path("changelogs/fragments").iterdir()
                    if p.suffix in (".yml", ".yaml"))
 errors = []
-named = {m.group(1) for m in (re.match(r"^(\d+\.\d+\.\d+(?:-[a-z0-9.]+)?)-", f) for f in fragments) if m}
+named = {m.group(1) for m in (re.match(r"^(\d+\.\d+\.\d+)-", f) for f in fragments) if m}
 for version in sorted(named):
     if Version(version) != galaxy:
         errors.append("fragment(s) named for %s, galaxy.yml has version %s" % (version, galaxy))
@@ -74,6 +74,10 @@ if [[ "$pending" == release ]]; then
   work="${CACHE_DIR}/changelog-work"
   rm -rf "$work"; mkdir -p "$work"
   rsync -a --exclude /.cache --exclude /.git --exclude /tests/output "${REPO_ROOT}/" "${work}/"
+  # A repository of its own: antsibull-changelog lists the collection's files
+  # (to find its new plugins) through git, and sees none in a folder the outer
+  # repository ignores.
+  git -C "$work" init -q
   version="$(python3 -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')"
   if (cd "$work" && antsibull-changelog release --date 2000-01-01 && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml) \
       && grep -q "^v${version//./\\.}$" "${work}/CHANGELOG.rst"; then

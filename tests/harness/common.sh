@@ -6,7 +6,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE_DIR="${CELERYOPS_CACHE_DIR:-${REPO_ROOT}/.cache}"
 VENV_DIR="${CACHE_DIR}/venv"
 COLLECTIONS_DIR="${CACHE_DIR}/collections"
-IMAGE_PREFIX="${CELERYOPS_IMAGE_PREFIX:-celeryops-test}"
+export IMAGE_PREFIX="${CELERYOPS_IMAGE_PREFIX:-celeryops-test}"
 
 log() { printf '\033[1m[harness %(%H:%M:%S)T]\033[0m %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

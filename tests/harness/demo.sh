@@ -15,7 +15,7 @@ bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
 bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 debian-13 ubuntu-24.04 redis
 bash "${REPO_ROOT}/tests/harness/install-collection.sh"
 activate_venv
-cd "${REPO_ROOT}"
+cd "${REPO_ROOT}" || exit 1
 for step in create prepare converge; do
   log "molecule ${step}"
   molecule "${step}" --scenario-name demo

@@ -38,8 +38,18 @@ remove_line_containers() {
   docker network rm "celeryops-matrix-${line}" >/dev/null 2>&1 || true
 }
 
+# Ends a process and every process under it, children first.
+kill_tree() {
+  local child
+  for child in $(pgrep -P "$1" || true); do kill_tree "$child"; done
+  kill "$1" 2>/dev/null || true
+}
+
+# On every exit, interrupted or not: no lane left running, no container left.
 cleanup() {
-  local line
+  local line pid
+  for pid in $(jobs -p); do kill_tree "$pid"; done
+  wait 2>/dev/null || true
   for line in "${LINES[@]}"; do remove_line_containers "$line"; done
 }
 
@@ -54,7 +64,7 @@ check_lines() {
   (
     cd "$REPO_ROOT" || exit 1
     if [[ -f "$releases" ]]; then export CELERYOPS_ANSIBLE_CORE_RELEASES="$releases"; fi
-    "${VENV_DIR}/bin/python" -m pytest -p no:cacheprovider -q -rw tests/sanity/test_requires_ansible.py
+    PYTHONDONTWRITEBYTECODE=1 "${VENV_DIR}/bin/python" -m pytest -p no:cacheprovider -q -rw tests/sanity/test_requires_ansible.py
   )
 }
 
@@ -71,36 +81,36 @@ ensure_docker_collection() {
   rsync -a --delete "${src}/" "${EXTRA_COLLECTIONS}/ansible_collections/community/docker/"
 }
 
-converge_line() {
+# In a subshell: the environment it sets is that line's only. Run as the
+# condition of check's `if`, where errexit is off: every step says `|| exit`.
+converge_line() (
   local line="$1" venv ctr="matrix-$1" broker="matrix-broker-$1" net="celeryops-matrix-$1" coll out cap
   venv="$(line_venv "$line")"
   coll="${MATRIX_CACHE}/collections-${line}"
+  export ANSIBLE_COLLECTIONS_PATH="${coll}:${EXTRA_COLLECTIONS}" ANSIBLE_ROLES_PATH=/nonexistent
+  export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 ANSIBLE_HOST_KEY_CHECKING=false
+  export MATRIX_CONTAINER="$ctr" MATRIX_BROKER="$broker" CELERYOPS_CA_BUNDLE
   rm -rf "$coll"
-  "${venv}/bin/ansible-galaxy" collection install --force --no-deps -p "$coll" "$TARBALL"
+  "${venv}/bin/ansible-galaxy" collection install --force --no-deps -p "$coll" "$TARBALL" || exit 1
 
   remove_line_containers "$line"
-  docker network create "$net" >/dev/null
-  docker run -d --name "$broker" --network "$net" "${IMAGE_PREFIX}/redis:latest" >/dev/null
+  docker network create "$net" >/dev/null || exit 1
+  docker run -d --name "$broker" --network "$net" "${IMAGE_PREFIX}/redis:latest" >/dev/null || exit 1
   local run=(docker run -d --name "$ctr" --hostname "$ctr" --network "$net"
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --tmpfs /tmp
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
   for cap in "${CAPS[@]}"; do run+=(--cap-add "$cap"); done
-  "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null
+  "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null || exit 1
 
-  (
-    cd "${REPO_ROOT}/tests/matrix" || exit 1
-    export ANSIBLE_COLLECTIONS_PATH="${coll}:${EXTRA_COLLECTIONS}" ANSIBLE_ROLES_PATH=/nonexistent
-    export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1 ANSIBLE_HOST_KEY_CHECKING=false
-    export MATRIX_CONTAINER="$ctr" MATRIX_BROKER="$broker" CELERYOPS_CA_BUNDLE
-    "${venv}/bin/ansible-playbook" -i inventory.yml converge.yml
-  )
+  cd "${REPO_ROOT}/tests/matrix" || exit 1
+  "${venv}/bin/ansible-playbook" -i inventory.yml converge.yml || exit 1
 
   # One real task, published through the broker and run by a worker.
   out="$(docker exec "$ctr" sh -c 'cd /srv/testapp/current && set -a && . /etc/testapp/celery.env && set +a \
-    && .venv/bin/python -m celery_testapp.probe call add 2 3 --timeout 60')"
+    && .venv/bin/python -m celery_testapp.probe call add 2 3 --timeout 60')" || exit 1
   printf 'probe: %s\n' "$out"
   python3 -c 'import json, sys; r = json.loads(sys.argv[1].splitlines()[-1]); sys.exit(0 if r["result"] == 5 else 1)' "$out"
-}
+)
 
 passed=0 failed=0 failures=()
 check() {
@@ -111,7 +121,7 @@ check() {
   else
     failed=$((failed + 1)); failures+=("$name")
     log "${name}: FAILED in $((SECONDS - start))s; last lines of ${logfile}:"
-    tail -n 40 "$logfile" >&2
+    tail -n 25 "$logfile" >&2
   fi
 }
 
@@ -145,6 +155,7 @@ main() {
   local t0=$SECONDS line p f lane
   if (($#)); then LINES=("$@"); else mapfile -t LINES < <(matrix_lines); fi
   trap cleanup EXIT
+  trap 'exit 130' INT TERM
   mkdir -p "$LOG_DIR"
   rm -f "${LOG_DIR}"/.*-counts "${LOG_DIR}"/.*-failures
   bash "${REPO_ROOT}/tests/harness/bootstrap.sh"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the collection on a fresh machine: installs what it needs,
 # builds the base images, builds and installs the collection tarball, then
-# lints, runs the unit and sanity tests and every Molecule scenario.
+# lints, runs the unit, spec, docs and changelog checks, ansible-test sanity and
+# units with a converge on every ansible-core line, and every Molecule scenario.
 #
 # Usage: run-tests.sh [SCENARIO ...]   (default: every scenario)
 # Prints one line per stage and a closing "stages: N passed, N failed".
@@ -34,11 +35,15 @@ main() {
   bash "${REPO_ROOT}/tests/harness/install-collection.sh"
   activate_venv
   export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
-  cd "${REPO_ROOT}"
+  cd "${REPO_ROOT}" || exit 1
 
   stage yamllint yamllint --strict .
   stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint
   stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh"
+  stage docs bash "${REPO_ROOT}/tests/harness/docs.sh"
+  stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh"
+  # ansible-test sanity and units on every ansible-core line, plus a converge each.
+  stage ansible-core-matrix bash "${REPO_ROOT}/tests/harness/matrix.sh"
   for scenario in "${SCENARIOS[@]}"; do
     stage "molecule-${scenario}" molecule test --scenario-name "${scenario}"
   done

@@ -8,5 +8,5 @@ tree="${CACHE_DIR}/unit-tree"
 rm -rf "${tree}"
 mkdir -p "${tree}/ansible_collections/celeryops"
 rsync -a --exclude .cache --exclude .git "${REPO_ROOT}/" "${tree}/ansible_collections/celeryops/celery/"
-cd "${tree}/ansible_collections/celeryops/celery"
+cd "${tree}/ansible_collections/celeryops/celery" || exit 1
 PYTHONPATH="${tree}" python -m pytest -p no:cacheprovider --import-mode=importlib -q tests/unit tests/sanity

@@ -72,6 +72,6 @@ def test_shared_variables_agree_across_roles():
             seen.setdefault(name, []).append((role, shape))
     disagreements = {
         name: uses for name, uses in seen.items()
-        if len({repr(shape) for _, shape in uses}) > 1
+        if len({repr(shape) for _use, shape in uses}) > 1
     }
     assert not disagreements, "shared variables differ between roles: %s" % disagreements

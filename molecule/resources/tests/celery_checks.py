@@ -14,7 +14,7 @@ def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.c
     if check:
         cmd.append("--check")
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
 
 
 class CeleryHost:
@@ -100,4 +100,3 @@ class CeleryHost:
         """PIDs of Beat processes of the app, whatever runs them."""
         out = self.sh("pgrep -u %s -f -- ' beat ' || true" % self.user).stdout.split()
         return [int(p) for p in out]
-
