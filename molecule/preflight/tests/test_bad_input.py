@@ -67,7 +67,7 @@ CASES = {
 
 def changed_paths(host):
     out = host.check_output("find %s -xdev -newer %s 2>/dev/null || true" % (WATCHED, MARKER))
-    return [p for p in out.splitlines() if p and not p.startswith(IGNORED)]
+    return [p for p in out.splitlines() if p and not (p + "/").startswith(IGNORED)]
 
 
 @pytest.fixture(scope="module", autouse=True)
