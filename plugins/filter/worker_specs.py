@@ -19,7 +19,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 POOLS = ("prefork", "threads", "solo", "eventlet", "gevent")
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FIELDS = ("name", "queues", "concurrency", "pool", "max_tasks_per_child",
-          "max_memory_per_child", "loglevel", "extra_args")
+          "max_memory_per_child", "memory_max", "loglevel", "extra_args")
+# systemd's MemoryMax=: bytes with an optional K, M, G or T suffix (base 1024),
+# a percentage of the host's memory, or infinity.
+MEMORY_PATTERN = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?[KMGT]?|[0-9]+(?:\.[0-9]+)?%|infinity)$")
 
 
 def _int_field(where, field, value, minimum, optional):
@@ -36,6 +39,21 @@ def _int_field(where, field, value, minimum, optional):
     if number < minimum:
         raise AnsibleFilterError("%s.%s must be %d or more; got %d." % (where, field, minimum, number))
     return number
+
+
+def _memory_field(where, value):
+    if value is None or to_text(value).strip() == "":
+        return None
+    text = to_text(value).strip()
+    if MEMORY_PATTERN.match(text) and not isinstance(value, bool):
+        if text == "infinity":
+            return text
+        number = float(text.rstrip("KMGT%"))
+        if number > 0 and not (text.endswith("%") and number > 100):
+            return text
+    raise AnsibleFilterError(
+        "%s.memory_max must be a memory size for systemd's MemoryMax=, above 0: bytes or a number with K, M, G or T"
+        " (e.g. '512M'), a percentage of the host's memory up to 100%%, or 'infinity'; got %r." % (where, value))
 
 
 def worker_specs(workers, defaults=None, variable="celery_workers"):
@@ -98,6 +116,7 @@ def worker_specs(workers, defaults=None, variable="celery_workers"):
             "pool": pool,
             "max_tasks_per_child": _int_field(where, "max_tasks_per_child", spec.get("max_tasks_per_child"), 1, optional=True),
             "max_memory_per_child": _int_field(where, "max_memory_per_child", spec.get("max_memory_per_child"), 1, optional=True),
+            "memory_max": _memory_field(where, spec.get("memory_max")),
             "loglevel": loglevel,
             "extra_args": [to_text(a) for a in extra_args],
         })

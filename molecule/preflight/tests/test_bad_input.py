@@ -47,6 +47,12 @@ CASES = {
     "unknown pool": (
         {"celery_workers": [{"name": "default", "pool": "greenlet"}]},
         ["pool", "prefork", "threads", "solo"]),
+    "memory limit that is no size": (
+        {"celery_workers": [{"name": "default", "memory_max": "lots"}]},
+        ["celery_workers[0].memory_max", "MemoryMax=", "512M"]),
+    "memory limit under supervisor": (
+        {"celery_process_manager": "supervisor", "celery_workers": [{"name": "default", "memory_max": "200M"}]},
+        ["celery_workers[0].memory_max", "max_memory_per_child", "KiB"]),
     "stop timeout below 1": (
         {"celery_stop_timeout": 0},
         ["celery_stop_timeout", "1 or more"]),

@@ -7,12 +7,14 @@ import subprocess
 import time
 
 
-def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site"):
+def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None):
     """ansible-playbook against the scenario's hosts; returns the CompletedProcess."""
     cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
            "-e", json.dumps(extra_vars or {})]
     if check:
         cmd.append("--check")
+    if limit:
+        cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
 

@@ -5,8 +5,18 @@ import time
 
 from celery import Celery
 
-# Bumped by the release scenario to tell two releases apart.
-VERSION = os.environ.get("CELERY_TESTAPP_VERSION_OVERRIDE") or "1"
+
+def _version():
+    """The release's version: a VERSION file next to this module (the release
+    scenario writes one per release), else "1"."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "VERSION")) as handle:
+            return handle.read().strip() or "1"
+    except OSError:
+        return "1"
+
+
+VERSION = os.environ.get("CELERY_TESTAPP_VERSION_OVERRIDE") or _version()
 
 app = Celery("celery_testapp")
 app.conf.update(
@@ -69,3 +79,46 @@ if os.environ.get("CELERY_TESTAPP_BEAT_INTERVAL"):
 def tick():
     app.backend.client.rpush(TICKS_KEY, json.dumps(dict(_where(), at=time.time())))
     return True
+
+
+# Task streams of the release and fleet scenarios: every execution of
+# record(seq) is appended to one Redis list, so that the tests count lost and
+# duplicated tasks and measure the longest pause between two completions.
+STREAM_KEY = "celery_testapp:stream"
+
+
+@app.task
+def record(seq, stream=STREAM_KEY):
+    app.backend.client.rpush(stream, json.dumps(dict(_where(), seq=seq, at=time.time())))
+    return seq
+
+
+# Memory limits (faults scenario): leak(mb, hold) makes mb MiB resident (every
+# page touched) and holds them for hold seconds. With once_key only the first
+# delivery leaks, counted in Redis: a task whose pool process was killed for
+# its memory is redelivered (acks_late, reject_on_worker_lost) and would be
+# killed again on every delivery.
+@app.task
+def leak(mb, hold, once_key=None):
+    attempt = app.backend.client.incr(once_key) if once_key else 1
+    block = bytearray(int(mb) * 1024 * 1024 if attempt == 1 else 0)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    time.sleep(float(hold))
+    result = _where()
+    result.update({"attempt": attempt, "leaked_mb": len(block) // (1024 * 1024)})
+    return result
+
+
+# Cold shutdown (release scenario): long_once runs `seconds` on its first
+# delivery and returns at once when redelivered, reporting the attempt, so
+# that a redelivered task shows which release completed it.
+@app.task(bind=True)
+def long_once(self, seconds):
+    attempt = app.backend.client.incr("celery_testapp:attempts:" + self.request.id)
+    started = time.time()
+    if attempt == 1:
+        time.sleep(float(seconds))
+    result = _where()
+    result.update({"attempt": attempt, "slept": round(time.time() - started, 3)})
+    return result

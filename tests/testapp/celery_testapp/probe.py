@@ -5,10 +5,15 @@
     python -m celery_testapp.probe send sleep 8          # prints the task id only
     python -m celery_testapp.probe wait <task id> --timeout 60
     python -m celery_testapp.probe ticks                 # Beat ticks executed so far
+    python -m celery_testapp.probe stream --queue q1 --queue q2 --interval 0.05 --stop-file /tmp/stop
+                                                         # record(seq) tasks until the file exists
+    python -m celery_testapp.probe records               # executions of record() so far
 """
 import argparse
 import json
+import os
 import sys
+import time
 
 from .app import app
 
@@ -32,6 +37,13 @@ def main(argv=None):
         cmd.add_argument("args", nargs="*")
         cmd.add_argument("--timeout", type=float, default=60)
         cmd.add_argument("--queue", default=None)
+    stream = sub.add_parser("stream", help="publish record(seq) every --interval seconds until --stop-file exists")
+    stream.add_argument("--queue", action="append", required=True, help="queues, used in turn")
+    stream.add_argument("--interval", type=float, default=0.05)
+    stream.add_argument("--stop-file", required=True)
+    for name, text in (("records", "print the executions of record() as JSON"),
+                       ("clear-records", "forget the executions of record()")):
+        sub.add_parser(name, help=text).add_argument("--key", default=None, help="the list record() wrote to")
     sub.add_parser("ticks", help="print the recorded Beat ticks as JSON")
     sub.add_parser("clear-ticks", help="forget the recorded Beat ticks")
     wait = sub.add_parser("wait")
@@ -39,6 +51,18 @@ def main(argv=None):
     wait.add_argument("--timeout", type=float, default=60)
     opts = parser.parse_args(argv)
 
+    if opts.command == "stream":
+        return _stream(opts)
+    if opts.command in ("records", "clear-records"):
+        from .app import STREAM_KEY
+        client = app.backend.client
+        key = opts.key or STREAM_KEY
+        if opts.command == "clear-records":
+            client.delete(key)
+            print("[]")
+        else:
+            print(json.dumps([json.loads(r) for r in client.lrange(key, 0, -1)]))
+        return 0
     if opts.command in ("ticks", "clear-ticks"):
         from .app import TICKS_KEY
         client = app.backend.client
@@ -58,6 +82,22 @@ def main(argv=None):
         result = app.AsyncResult(opts.task_id)
     value = result.get(timeout=opts.timeout)
     print(json.dumps({"id": result.id, "state": result.state, "result": value}))
+    return 0
+
+
+def _stream(opts):
+    """Publishes at a steady rate, each task to the next queue in turn; prints
+    what it published (sequence numbers 0..published-1, per queue)."""
+    seq = 0
+    started = time.time()
+    next_at = time.monotonic()
+    while not os.path.exists(opts.stop_file):
+        queue = opts.queue[seq % len(opts.queue)]
+        app.send_task("celery_testapp.app.record", args=[seq], queue=queue)
+        seq += 1
+        next_at += opts.interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    print(json.dumps({"published": seq, "queues": opts.queue, "started": started, "stopped": time.time()}))
     return 0
 
 

@@ -5,13 +5,14 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.celeryops.celery.plugins.filter.worker_specs import worker_specs
 
 DEFAULTS = {"queues": ["celery"], "concurrency": 2, "pool": "prefork", "max_tasks_per_child": None,
-            "max_memory_per_child": None, "loglevel": "INFO", "extra_args": []}
+            "max_memory_per_child": None, "memory_max": None, "loglevel": "INFO", "extra_args": []}
 
 
 def test_fills_in_fields_from_the_defaults():
     [worker] = worker_specs([{"name": "default"}], DEFAULTS)
     assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "pool": "prefork",
-                      "max_tasks_per_child": None, "max_memory_per_child": None, "loglevel": "INFO", "extra_args": []}
+                      "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None, "loglevel": "INFO",
+                      "extra_args": []}
 
 
 def test_entry_fields_win_and_are_normalised():
@@ -41,12 +42,31 @@ def test_entry_fields_win_and_are_normalised():
     ([{"name": "a", "queues": ["x y"]}], "queues has names with spaces or commas"),
     ([{"name": "a", "extra_args": "-O fair"}], "extra_args must be a list"),
     ([{"name": "a", "colour": "blue"}], "celery_workers[0] has unknown fields colour"),
+    ([{"name": "a", "memory_max": "lots"}], "celery_workers[0].memory_max must be a memory size for systemd's MemoryMax="),
+    ([{"name": "a", "memory_max": "512MB"}], "celery_workers[0].memory_max must be a memory size"),
+    ([{"name": "a", "memory_max": "0"}], "celery_workers[0].memory_max must be a memory size for systemd's MemoryMax=, above 0"),
+    ([{"name": "a", "memory_max": "150%"}], "celery_workers[0].memory_max must be a memory size"),
+    ([{"name": "a", "memory_max": True}], "celery_workers[0].memory_max must be a memory size"),
     (["default"], "celery_workers[0] must be a dict"),
 ])
 def test_bad_workers_fail_with_a_message_naming_the_field(workers, message):
     with pytest.raises(AnsibleFilterError) as error:
         worker_specs(workers, DEFAULTS)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("512M", "512M"), (" 1G ", "1G"), ("1.5G", "1.5G"), (536870912, "536870912"), ("20%", "20%"),
+    ("infinity", "infinity"), (None, None), ("", None),
+])
+def test_memory_max_takes_systemd_memory_sizes(value, expected):
+    [worker] = worker_specs([{"name": "a", "memory_max": value}], DEFAULTS)
+    assert worker["memory_max"] == expected
+
+
+def test_memory_max_comes_from_the_defaults_too():
+    [worker] = worker_specs([{"name": "a"}], dict(DEFAULTS, memory_max="1G"))
+    assert worker["memory_max"] == "1G"
 
 
 def test_unknown_default_fields_are_refused():

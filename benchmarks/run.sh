@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the release-switch benchmark (benchmarks/test_release_switch.py) on the
+# `release` scenario's fleet and prints its tables:  make bench
+source "$(dirname "$0")/../tests/harness/common.sh"
+
+bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
+bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 debian-13 ubuntu-24.04 redis
+bash "${REPO_ROOT}/tests/harness/install-collection.sh"
+activate_venv
+export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+export CELERYOPS_RELEASE_CHECKS=../../benchmarks
+export CELERYOPS_BENCH_OUT="${CACHE_DIR}/benchmarks/release_switch.md"
+rm -f "${CELERYOPS_BENCH_OUT}"
+cd "${REPO_ROOT}" || exit 1
+molecule test --scenario-name release
+status=$?
+echo
+cat "${CELERYOPS_BENCH_OUT}" 2>/dev/null || log "no results written"
+exit "${status}"

@@ -1,0 +1,179 @@
+"""What the release checks share: the fleet seen through `docker exec`, a
+steady stream of tasks, and the release and rollback playbooks run the way a
+user runs them."""
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
+
+from celery_checks import run_site  # noqa: E402
+
+APP = "testapp"
+HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]
+MANAGERS = {"rl-debian-12": "systemd", "rl-ubuntu-2404": "supervisor", "rl-debian-13": "systemd"}
+BEAT_HOST = HOSTS[0]
+# The stream is published from this host, with release v1's virtualenv (kept:
+# it is the previous or an older release throughout, never pruned).
+PRODUCER = HOSTS[-1]
+ROOT = "/srv/%s" % APP
+ENV_FILE = "/etc/%s/celery.env" % APP
+REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def sh(host, script, check=True, timeout=120):
+    proc = subprocess.run(["docker", "exec", host, "sh", "-c", script], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s: %r failed (%d):\n%s\n%s" % (host, script, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def in_release(release, command):
+    """A command run like the workers run: release dir, its venv, the env file."""
+    return "cd %s/releases/%s && set -a && . %s && set +a && exec .venv/bin/python %s" % (ROOT, release, ENV_FILE, command)
+
+
+def probe(host, *args, release="v1", timeout=120):
+    out = sh(host, in_release(release, "-m celery_testapp.probe " + " ".join(shlex.quote(str(a)) for a in args)),
+             timeout=timeout).stdout.strip()
+    return json.loads(out.splitlines()[-1]) if args[0] not in ("send",) else out.splitlines()[-1]
+
+
+def whoami(host, release="v1"):
+    """The release that runs a task published to this host's own queue."""
+    return probe(host, "call", "whoami", "--queue", "host." + host, "--timeout", 60, release=release)["result"]
+
+
+def make_release(tmp_path, version, broken=False, archive=False):
+    """A copy of the test app whose tasks report `version`; with archive, a
+    .tar.gz of it with one top-level directory, as release tarballs have."""
+    dest = tmp_path / ("release-" + version)
+    shutil.copytree(os.path.join(REPO, "tests", "testapp"), dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / "celery_testapp" / "VERSION").write_text(version + "\n")
+    if broken:
+        app = dest / "celery_testapp" / "app.py"
+        app.write_text("import celery_testapp_module_that_does_not_exist  # noqa: F401\n" + app.read_text())
+    if archive:
+        path = str(tmp_path / ("testapp-%s.tar.gz" % version))
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(str(dest), arcname="testapp-%s" % version)
+        return path
+    return str(dest)
+
+
+def playbook(name, limit=None, **extra_vars):
+    return run_site(extra_vars, playbook="celeryops.celery." + name, limit=limit)
+
+
+def ok(result):
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return result
+
+
+def link(host, name):
+    return sh(host, "readlink %s/%s || true" % (ROOT, name)).stdout.strip()
+
+
+def app_process_cwds(host):
+    """Working directory of every process of the app user: the release it runs."""
+    script = ("for p in $(pgrep -u %s); do printf '%%s %%s %%s\\n' $p $(readlink /proc/$p/cwd) "
+              "\"$(tr '\\0' ' ' < /proc/$p/cmdline | cut -c1-120)\"; done" % APP)
+    lines = sh(host, script, check=False).stdout.strip().splitlines()
+    return [line.split(" ", 2) for line in lines if line.strip()]
+
+
+def handover_left(host):
+    return sh(host, "ls /etc/systemd/system/%s-handover-* /etc/supervisor/conf.d/%s-handover.conf 2>/dev/null || true"
+              % (APP, APP)).stdout.strip()
+
+
+def beat_count(host):
+    out = sh(host, "pgrep -u %s -f -- ' beat ' || true" % APP, check=False).stdout.split()
+    return len(out)
+
+
+class Stream:
+    """record(seq) tasks published every `interval` seconds to the hosts' own
+    queues in turn, from PRODUCER, while the sampler counts Beat processes."""
+
+    def __init__(self, hosts=HOSTS, interval=0.05):
+        self.queues = ["host." + h for h in hosts]
+        self.interval = interval
+        self.stop_file = "/tmp/stream.stop"
+        self.beat_samples = []
+        self._sampling = False
+
+    def __enter__(self):
+        probe(PRODUCER, "clear-records")
+        sh(PRODUCER, "rm -f %s /tmp/stream.out" % self.stop_file)
+        queues = " ".join("--queue " + q for q in self.queues)
+        subprocess.run(["docker", "exec", "-d", PRODUCER, "sh", "-c", in_release(
+            "v1", "-m celery_testapp.probe stream %s --interval %s --stop-file %s > /tmp/stream.out 2>&1"
+            % (queues, self.interval, self.stop_file))], check=True)
+        self._sampling = True
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        time.sleep(3)
+        return self
+
+    def _sample(self):
+        while self._sampling:
+            self.beat_samples.append(sum(beat_count(h) for h in HOSTS))
+            time.sleep(0.5)
+
+    def __exit__(self, *exc):
+        time.sleep(3)
+        sh(PRODUCER, "touch %s" % self.stop_file)
+        self._sampling = False
+        self._sampler.join(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not sh(PRODUCER, "cat /tmp/stream.out", check=False).stdout.strip():
+            time.sleep(0.5)
+        out = sh(PRODUCER, "cat /tmp/stream.out").stdout.strip().splitlines()
+        self.published = json.loads(out[-1])["published"]
+        # Every task published is executed within a minute, or it was lost.
+        deadline = time.monotonic() + 60
+        while True:
+            self.records = probe(PRODUCER, "records")
+            if len(self.records) >= self.published or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        return False
+
+    # -- what the stream saw -------------------------------------------
+    def lost(self):
+        return sorted(set(range(self.published)) - {r["seq"] for r in self.records})
+
+    def duplicated(self):
+        seen = {}
+        for r in self.records:
+            seen[r["seq"]] = seen.get(r["seq"], 0) + 1
+        return sorted(s for s, n in seen.items() if n > 1)
+
+    @staticmethod
+    def _longest_gap(times):
+        times = sorted(times)
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+    def longest_pause(self, host=None):
+        """Longest time between two completed tasks (of one host's queue)."""
+        return self._longest_gap([r["at"] for r in self.records if host is None or r["seq"] % len(self.queues) == HOSTS.index(host)])
+
+    def versions(self):
+        return sorted({r["version"] for r in self.records})
+
+    def summary(self):
+        return {"published": self.published, "executed": len(self.records), "lost": len(self.lost()),
+                "duplicated": len(self.duplicated()),
+                "longest_pause": round(self.longest_pause(), 3),
+                "longest_pause_per_host": {h: round(self.longest_pause(h), 3) for h in HOSTS},
+                "beat_processes_seen": sorted(set(self.beat_samples))}
