@@ -182,12 +182,12 @@ def _timed(host, script):
 def test_exit_detection_latency():
     host = HOSTS[0]
     rows = [
-        ("warm_shutdown module", [_module_latency(host) for _ in range(5)]),
-        ("`systemctl stop` (blocking)", [_timed(host, "systemctl stop UNIT") for _ in range(5)]),
+        ("warm_shutdown module", [_module_latency(host) for _trial in range(5)]),
+        ("`systemctl stop` (blocking)", [_timed(host, "systemctl stop UNIT") for _trial in range(5)]),
         ("stop, then poll `systemctl is-active` every 1 s", [_timed(
             host, "systemctl stop --no-block UNIT; "
                   "while state=$(systemctl is-active UNIT); [ \"$state\" = active ] || [ \"$state\" = deactivating ]; do sleep 1; done")
-            for _ in range(5)]),
+            for _trial in range(5)]),
     ]
     for name, values in rows:
         print(name, [round(v) for v in values])

@@ -352,7 +352,11 @@ def test_running_workers_wait_out_a_broker_outage_without_a_restart_and_lose_no_
         assert manager_state(celery, "default") in UP, (name, manager_state(celery, "default"))
         done = results(celery, outage["in_flight"][name] + outage["queued"][name], 60)
         assert all(state == "SUCCESS" for state, _value in done.values()), (name, done)
-        executed = wait(lambda: (lambda seqs: len(seqs) >= 4 and seqs)(stream(celery, outage["key"])), 30, "the record tasks on %s" % name)
+
+        def executed_records(celery=celery):
+            seqs = stream(celery, outage["key"])
+            return len(seqs) >= 4 and seqs
+        executed = wait(executed_records, 30, "the record tasks on %s" % name)
         assert sorted(executed) == [0, 1, 2, 100], "%s: record tasks executed %s (each of 0, 1, 2 and 100 once expected)" % (name, executed)
         assert outage["samples"][name]["publisher"], "%s: the publisher was not waiting during the outage" % name
         published = celery.sh("cat /tmp/faults-publisher.log").stdout

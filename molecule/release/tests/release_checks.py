@@ -105,8 +105,8 @@ class Stream:
     """record(seq) tasks published every `interval` seconds to the hosts' own
     queues in turn, from PRODUCER, while the sampler counts Beat processes."""
 
-    def __init__(self, hosts=HOSTS, interval=0.05):
-        self.queues = ["host." + h for h in hosts]
+    def __init__(self, hosts=None, interval=0.05):
+        self.queues = ["host." + h for h in (hosts or HOSTS)]
         self.interval = interval
         self.stop_file = "/tmp/stream.stop"
         self.beat_samples = []

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from release_checks import (APP, BEAT_HOST, HOSTS, MANAGERS, ROOT, Stream, app_process_cwds, beat_count,
+from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwds, beat_count,
                             handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
 
 RELEASES = {}

@@ -27,7 +27,7 @@ def _fail(report, message):
 def _queues(values):
     expected = {}
     for value in values:
-        node, _, names = value.partition("=")
+        node, names = value.split("=", 1) if "=" in value else (value, "")
         expected[node] = [q for q in names.split(",") if q]
     return expected
 
