@@ -25,7 +25,7 @@ import testinfra
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
 
-from celery_checks import CeleryHost  # noqa: E402
+from celery_checks import CeleryHost, wait  # noqa: E402
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
 BROKER = "fl-broker"
@@ -48,17 +48,6 @@ def hosts():
 
 def docker(*args, timeout=90):
     return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=True).stdout
-
-
-def wait(predicate, timeout, what, interval=0.5):
-    """Polls predicate until it returns something true; fails after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
 def broker_up():

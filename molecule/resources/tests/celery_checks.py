@@ -19,6 +19,17 @@ def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.c
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
 
 
+def wait(predicate, timeout, what, interval=0.5):
+    """Polls predicate until it returns something true; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
 class CeleryHost:
     """One provisioned host, seen through its process manager and its broker."""
 
@@ -58,14 +69,9 @@ class CeleryHost:
             return []
         return json.loads(cmd.stdout.strip().splitlines()[-1]).get(node, [])
 
-    def wait_for(self, predicate, timeout, what, interval=0.5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+    @staticmethod
+    def wait_for(predicate, timeout, what, interval=0.5):
+        return wait(predicate, timeout, what, interval)
 
     # -- the process manager --------------------------------------------
     def service(self, worker):

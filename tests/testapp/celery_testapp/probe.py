@@ -53,24 +53,18 @@ def main(argv=None):
 
     if opts.command == "stream":
         return _stream(opts)
-    if opts.command in ("records", "clear-records"):
-        from .app import STREAM_KEY
+    if opts.command in ("records", "clear-records", "ticks", "clear-ticks"):
+        from .app import STREAM_KEY, TICKS_KEY
+        if opts.command.endswith("ticks"):
+            key = TICKS_KEY
+        else:
+            key = opts.key or STREAM_KEY
         client = app.backend.client
-        key = opts.key or STREAM_KEY
-        if opts.command == "clear-records":
+        if opts.command.startswith("clear-"):
             client.delete(key)
             print("[]")
         else:
-            print(json.dumps([json.loads(r) for r in client.lrange(key, 0, -1)]))
-        return 0
-    if opts.command in ("ticks", "clear-ticks"):
-        from .app import TICKS_KEY
-        client = app.backend.client
-        if opts.command == "clear-ticks":
-            client.delete(TICKS_KEY)
-            print("[]")
-        else:
-            print(json.dumps([json.loads(t) for t in client.lrange(TICKS_KEY, 0, -1)]))
+            print(json.dumps([json.loads(item) for item in client.lrange(key, 0, -1)]))
         return 0
     if opts.command in ("call", "send"):
         options = {"queue": opts.queue} if opts.queue else {}
