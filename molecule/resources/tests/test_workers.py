@@ -1,5 +1,7 @@
 """What a user of the collection sees on every provisioned worker host."""
+import concurrent.futures
 import time
+import uuid
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -70,25 +72,39 @@ def test_a_published_task_is_executed_on_this_host(celery):
 
 
 def test_a_task_in_flight_survives_a_restart(celery):
+    # The task runs until the test releases it, which it does only once the
+    # restart is under way and still waiting: however slow the machine, the
+    # task is in flight through the warm shutdown.
     worker = celery.workers[0]
     node = celery.node(worker)
-    celery.wait_for(lambda: celery.ping(node), 30, "ping of %s" % node)
+    celery.wait_for(lambda: celery.ping(node), 60, "ping of %s" % node)
     since = int(celery.sh("date +%s").stdout)
-    task_id = celery.probe("send", "sleep", "8")
-    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 20, "the task to start on %s" % node)
+    shutdowns = celery.log_since(worker, since).count("Warm shutdown")
+    release = "/var/lib/%s/restart-release-%s" % (celery.app, uuid.uuid4().hex)
+    task_id = celery.probe("send", "hold", release)
+    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 60, "the task to start on %s" % node)
     old_pid = celery.main_pid(worker)
-    started = time.monotonic()
-    celery.restart(worker)
-    # The restart waited for the warm shutdown, so the task finished first.
-    assert time.monotonic() - started >= 3, "the restart returned before the task could have finished"
+    pool_pids = celery.children(old_pid)
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        restart = background.submit(celery.restart, worker)
+        celery.wait_for(lambda: celery.log_since(worker, since).count("Warm shutdown") > shutdowns, 120,
+                        "the warm shutdown of %s to begin" % node)
+        time.sleep(2)
+        assert not restart.done(), "the restart returned while the task was still running: %s" % restart.result()
+        celery.sh("touch %s && chmod 0644 %s" % (release, release))
+        restart.result(timeout=300)
+    celery.sh("rm -f %s" % release)
     result = celery.probe("wait", task_id, "--timeout", "60")
     assert result["state"] == "SUCCESS", result
-    assert result["result"]["slept"] >= 8
+    # It ran to its end in the process it started in, once: not killed and
+    # delivered again (acks_late and reject_on_worker_lost would hide that).
+    assert result["result"]["released"] and result["result"]["attempt"] == 1, result
+    assert result["result"]["pid"] in pool_pids, result
     assert celery.main_pid(worker) not in (0, old_pid)
     log = celery.log_since(worker, since)
     assert "WorkerLostError" not in log
     assert "SIGTERM" not in log, log
-    assert celery.wait_for(lambda: celery.ping(node), 30, "ping after restart")
+    assert celery.wait_for(lambda: celery.ping(node), 60, "ping after restart")
 
 
 def test_a_worker_killed_with_sigkill_comes_back(celery):

@@ -23,6 +23,11 @@ app.conf.update(
     # Broker from CELERY_BROKER_URL (the env file); results go to the same Redis.
     result_backend=os.environ.get("CELERY_RESULT_BACKEND") or os.environ.get("CELERY_BROKER_URL"),
     result_expires=3600,
+    # A task that ends while the result backend is away keeps trying to store
+    # its result (backoff up to 10 s) instead of ending FAILURE with a
+    # ConnectionError although its work was done: what a careful app sets when
+    # its backend can go away (the faults scenario's broker outage).
+    result_backend_always_retry=True,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
@@ -107,6 +112,23 @@ def leak(mb, hold, once_key=None):
     time.sleep(float(hold))
     result = _where()
     result.update({"attempt": attempt, "leaked_mb": len(block) // (1024 * 1024)})
+    return result
+
+
+# Tasks in flight through a fault (faults scenario): hold runs until
+# release_file exists (the test creates it in the app's state dir at the
+# moment it chooses, e.g. while the broker is down), at most `limit` seconds.
+# It counts its deliveries, so that a task delivered again shows as attempt 2,
+# and says when it ended.
+@app.task(bind=True)
+def hold(self, release_file, limit=600):
+    attempt = app.backend.client.incr("celery_testapp:attempts:" + self.request.id)
+    started = time.time()
+    while not os.path.exists(release_file) and time.time() - started < float(limit):
+        time.sleep(0.2)
+    result = _where()
+    result.update({"attempt": attempt, "released": os.path.exists(release_file),
+                   "started": started, "finished": time.time()})
     return result
 
 
