@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The ansible-core matrix: for every line meta/runtime.yml claims that installs
-# on this Python (one tests/matrix/requirements-<line>.txt each, kept in step
-# with requires_ansible by tests/sanity/test_requires_ansible.py), in that
-# line's own virtualenv:
+# The ansible-core matrix: for every line meta/runtime.yml claims (one
+# tests/matrix/requirements-<line>.txt each, kept in step with requires_ansible
+# by tests/sanity/test_requires_ansible.py), in that line's own virtualenv, on
+# the controller Python its requirements file names (found, or installed where
+# the distribution has it, by find_python in common.sh):
 #   - ansible-test sanity and units (tests/harness/sanity.sh): every sanity
 #     test on every line, compile and import on each Python the line supports;
 #     the unit tests on every Python 3 on the tooling line and on the
-#     controller's Python on the older lines (what differs between lines is
+#     line's controller Python on the older lines (what differs between lines is
 #     ansible-core, which that covers; the Python versions are covered once);
 #   - one converge of the site playbook, from the built collection tarball
 #     installed by that line's ansible-galaxy, against a Debian 12 systemd
@@ -53,11 +54,12 @@ cleanup() {
   for line in "${LINES[@]}"; do remove_line_containers "$line"; done
 }
 
-# The index lists the ansible-core releases that install on this Python: no
-# claimed line may lack a requirements file, and stale pins are reported.
+# The index lists the ansible-core releases that install on the tooling
+# virtualenv's Python, the newest of the lines' controller Pythons: no claimed
+# line may lack a requirements file, and stale pins are reported.
 check_lines() {
   local releases="${MATRIX_CACHE}/ansible-core-releases.txt"
-  if ! python3 -m pip index versions ansible-core >"$releases" 2>/dev/null; then
+  if ! "${VENV_DIR}/bin/python" -m pip index versions ansible-core >"$releases" 2>/dev/null; then
     log "WARNING: the package index did not list ansible-core; lines checked offline only"
     rm -f "$releases"
   fi

@@ -9,9 +9,13 @@ Checked here:
   admits up to the line of the tooling virtualenv (tests/requirements.txt),
   the newest line that installs on the harness's Python;
 - the tooling line's pin is the tooling virtualenv's ansible-core;
+- every line names the controller Python it runs on ("# controller-python:
+  X.Y"), one the line supports as a controller, and an older line never on a
+  newer Python than a newer line (the oldest line keeps the oldest Python the
+  collection supports as a controller in the matrix);
 - with the index's release list (CELERYOPS_ANSIBLE_CORE_RELEASES, a file
-  matrix.sh writes from `pip index versions ansible-core`, which lists only the
-  releases that install on the running Python): no admitted line that installs
+  matrix.sh writes from `pip index versions ansible-core` run by the tooling
+  line's Python, the newest, so that it lists every line's releases): no admitted line that installs
   here is missing, and a pin older than its line's newest release warns.
 """
 import os
@@ -27,6 +31,14 @@ from packaging.version import Version
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "tests" / "matrix"
 PIN = re.compile(r"^ansible-core==(\d+\.\d+\.\d+)\s*$", re.MULTILINE)
+CONTROLLER_PYTHON = re.compile(r"^# controller-python: *(\d+\.\d+) *$", re.MULTILINE)
+# The controller Pythons each ansible-core line supports (its changelog's
+# porting guide; ansible-core's Requires-Python gives the oldest only).
+SUPPORTED_CONTROLLER_PYTHONS = {
+    "2.19": ("3.11", "3.12", "3.13"),
+    "2.20": ("3.12", "3.13", "3.14"),
+    "2.21": ("3.12", "3.13", "3.14"),
+}
 
 
 def line_of(version):
@@ -89,6 +101,26 @@ def test_tooling_line_pin_is_the_tooling_virtualenvs():
         "tests/requirements.txt pins ansible-core %s, tests/matrix/requirements-%s.txt %s"
         % (tooling, line_of(tooling), pins.get(line_of(tooling)))
     )
+
+
+def controller_pythons():
+    found = {}
+    for path in sorted(MATRIX.glob("requirements-*.txt")):
+        names = CONTROLLER_PYTHON.findall(path.read_text())
+        assert len(names) == 1, "%s must name its controller Python once (# controller-python: X.Y)" % path
+        found[path.name[len("requirements-"):-len(".txt")]] = names[0]
+    return found
+
+
+def test_every_line_runs_on_a_controller_python_it_supports():
+    pythons = controller_pythons()
+    for line, python in pythons.items():
+        supported = SUPPORTED_CONTROLLER_PYTHONS.get(line)
+        assert supported, "no list of the controller Pythons ansible-core %s supports in this test: add it" % line
+        assert python in supported, "requirements-%s.txt names Python %s; ansible-core %s supports %s" % (
+            line, python, line, ", ".join(supported))
+    by_line = [Version(pythons[line]) for line in sorted(pythons, key=Version)]
+    assert by_line == sorted(by_line), "an older line runs on a newer Python than a newer line: %s" % pythons
 
 
 def index_releases():
