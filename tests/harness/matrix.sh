@@ -59,6 +59,7 @@ cleanup() {
 # line may lack a requirements file, and stale pins are reported.
 check_lines() {
   local releases="${MATRIX_CACHE}/ansible-core-releases.txt"
+  mkdir -p "$MATRIX_CACHE"
   if ! "${VENV_DIR}/bin/python" -m pip index versions ansible-core >"$releases" 2>/dev/null; then
     log "WARNING: the package index did not list ansible-core; lines checked offline only"
     rm -f "$releases"
