@@ -167,6 +167,9 @@ main() {
   check lines check_lines
   ensure_tarball
   ensure_docker_collection
+  # Each line's controller Python first, one after the other (finding one may
+  # install it with apt), then the lines' virtualenvs side by side.
+  for line in "${LINES[@]}"; do find_python "$(line_python_version "$line")" >/dev/null; done
   local pids=()
   for line in "${LINES[@]}"; do ensure_line_venv "$line" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p" || die "a line's virtualenv could not be made"; done

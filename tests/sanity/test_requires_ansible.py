@@ -32,8 +32,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "tests" / "matrix"
 PIN = re.compile(r"^ansible-core==(\d+\.\d+\.\d+)\s*$", re.MULTILINE)
 CONTROLLER_PYTHON = re.compile(r"^# controller-python: *(\d+\.\d+) *$", re.MULTILINE)
-# The controller Pythons each ansible-core line supports (its changelog's
-# porting guide; ansible-core's Requires-Python gives the oldest only).
+# The controller Pythons each ansible-core line supports: CONTROLLER_PYTHON_VERSIONS
+# of its ansible_test/_util/target/common/constants.py (ansible-core's
+# Requires-Python gives the oldest only).
 SUPPORTED_CONTROLLER_PYTHONS = {
     "2.19": ("3.11", "3.12", "3.13"),
     "2.20": ("3.12", "3.13", "3.14"),
