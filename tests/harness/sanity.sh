@@ -9,7 +9,7 @@
 # supports that this machine has; so do the unit tests.
 #
 # Usage: sanity.sh [--core LINE] [--controller-units] [--no-units]
-#   --core LINE         ansible-core line, e.g. 2.16 (default: the tooling line
+#   --core LINE         ansible-core line, e.g. 2.20 (default: the tooling line
 #                       of tests/requirements.txt)
 #   --controller-units  unit tests on the line's controller Python only (what
 #                       matrix.sh does on all lines but the tooling line)

@@ -8,7 +8,10 @@ Checked here:
 - the lines are exactly those requires_ansible admits, from the oldest it
   admits up to the line of the tooling virtualenv (tests/requirements.txt),
   the newest line that installs on the harness's Python;
+- requires_ansible has an upper bound: it admits no line newer than the
+  tooling line, which nothing tests;
 - the tooling line's pin is the tooling virtualenv's ansible-core;
+- every role's galaxy_info min_ansible_version is the oldest line claimed;
 - every line names the controller Python it runs on ("# controller-python:
   X.Y"), one the line supports as a controller, and an older line never on a
   newer Python than a newer line (the oldest line keeps the oldest Python the
@@ -95,6 +98,16 @@ def test_matrix_lines_are_those_requires_ansible_claims():
     )
 
 
+def test_no_line_newer_than_the_tooling_line_is_claimed():
+    spec, newest = requires_ansible(), Version(line_of(tooling_pin()))
+    newer = ["%d.%d" % (newest.major, newest.minor + 1), "%d.0" % (newest.major + 1)]
+    claimed = [line for line in newer if admits(spec, line) or spec.contains("%s.0" % line)]
+    assert not claimed, (
+        "meta/runtime.yml requires_ansible %s claims %s, newer than the tooling line %s, which nothing tests: "
+        "give it an upper bound (<%s.0)" % (spec, claimed, line_of(tooling_pin()), newer[0])
+    )
+
+
 def test_tooling_line_pin_is_the_tooling_virtualenvs():
     pins = matrix_pins()
     tooling = tooling_pin()
@@ -102,6 +115,17 @@ def test_tooling_line_pin_is_the_tooling_virtualenvs():
         "tests/requirements.txt pins ansible-core %s, tests/matrix/requirements-%s.txt %s"
         % (tooling, line_of(tooling), pins.get(line_of(tooling)))
     )
+
+
+def test_roles_min_ansible_version_is_the_oldest_line_claimed():
+    oldest = expected_lines()[0]
+    roles = sorted((ROOT / "roles").glob("*/meta/main.yml"))
+    assert roles, "no role's meta/main.yml found"
+    for path in roles:
+        with open(path) as handle:
+            found = str((yaml.safe_load(handle).get("galaxy_info") or {}).get("min_ansible_version"))
+        assert found == oldest, "%s has min_ansible_version %s; requires_ansible claims %s as the oldest line" % (
+            path.relative_to(ROOT), found, oldest)
 
 
 def controller_pythons():
