@@ -104,6 +104,12 @@ converge_line() (
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
   for cap in "${CAPS[@]}"; do run+=(--cap-add "$cap"); done
   "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null || exit 1
+  # The end of boot, before any module runs: systemd-tmpfiles empties /tmp
+  # while booting, and with it a module's payload unpacked there.
+  local state
+  state="$(timeout 180 docker exec "$ctr" systemctl is-system-running --wait 2>&1 || true)"
+  printf 'systemd in %s: %s\n' "$ctr" "$state"
+  [[ "$state" == running || "$state" == degraded ]] || exit 1
 
   cd "${REPO_ROOT}/tests/matrix" || exit 1
   "${venv}/bin/ansible-playbook" -i inventory.yml converge.yml || exit 1
