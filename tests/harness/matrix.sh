@@ -106,8 +106,12 @@ converge_line() (
   "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null || exit 1
   # The end of boot, before any module runs: systemd-tmpfiles empties /tmp
   # while booting, and with it a module's payload unpacked there.
-  local state
-  state="$(timeout 180 docker exec "$ctr" systemctl is-system-running --wait 2>&1 || true)"
+  # (systemctl answers only once systemd's bus is up: ask again until then.)
+  local state="" deadline=$((SECONDS + 180))
+  until [[ "$state" == running || "$state" == degraded ]] || ((SECONDS > deadline)); do
+    state="$(timeout 60 docker exec "$ctr" systemctl is-system-running --wait 2>&1 || true)"
+    [[ "$state" == running || "$state" == degraded ]] || sleep 1
+  done
   printf 'systemd in %s: %s\n' "$ctr" "$state"
   [[ "$state" == running || "$state" == degraded ]] || exit 1
 
