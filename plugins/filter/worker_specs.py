@@ -11,7 +11,6 @@ import re
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_text
-from ansible.module_utils.six import string_types
 
 # Names become unit and program names (<app>-worker-<name>.service) and node
 # names (<name>@host): keep them to characters every one of those accepts.
@@ -91,9 +90,9 @@ def worker_specs(workers, defaults=None, variable="celery_workers"):
         seen[name] = index
 
         queues = spec.get("queues")
-        if isinstance(queues, string_types):
+        if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",")]
-        if not isinstance(queues, list) or not queues or not all(isinstance(q, string_types) and q.strip() for q in queues):
+        if not isinstance(queues, list) or not queues or not all(isinstance(q, str) and q.strip() for q in queues):
             raise AnsibleFilterError("%s.queues must be a non-empty list of queue names; got %r." % (where, spec.get("queues")))
         bad = [q for q in queues if re.search(r"[\s,]", q)]
         if bad:
@@ -106,7 +105,7 @@ def worker_specs(workers, defaults=None, variable="celery_workers"):
         if loglevel not in LOGLEVELS:
             raise AnsibleFilterError("%s.loglevel must be one of %s; got %r." % (where, ", ".join(LOGLEVELS), spec.get("loglevel")))
         extra_args = spec.get("extra_args") or []
-        if isinstance(extra_args, string_types) or not isinstance(extra_args, list):
+        if isinstance(extra_args, str) or not isinstance(extra_args, list):
             raise AnsibleFilterError("%s.extra_args must be a list of arguments, one item each; got %r." % (where, extra_args))
 
         result.append({

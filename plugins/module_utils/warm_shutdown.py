@@ -692,6 +692,9 @@ class SupervisorManager(object):
             # supervisord is already stopping it (and would answer "not running"): just wait.
             return
         try:
+            # In the background, beside the other services' stops, while the processes are watched:
+            # run_command would wait for it.
+            # pylint: disable-next=ansible-bad-function
             svc.handle = self.popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env=self.environ, close_fds=True)
         except OSError as e:

@@ -33,12 +33,18 @@ ensure_docker() {
   log "Docker engine $(docker version -f '{{.Server.Version}}') answers"
 }
 
+# On the Python its ansible-core line runs on (3.12 or newer for 2.20 and
+# later; see find_python in common.sh), rebuilt when the pins or it change.
 ensure_venv() {
-  local req="${REPO_ROOT}/tests/requirements.txt" stamp="${VENV_DIR}/.requirements.sha256"
-  local want; want="$(sha256sum "$req" | cut -d' ' -f1)"
+  local req="${REPO_ROOT}/tests/requirements.txt" stamp="${VENV_DIR}/.requirements.sha256" python want version
+  version="$(tooling_python_version)"
+  [[ -n "$version" ]] || die "the tooling line's tests/matrix/requirements-<line>.txt names no controller Python"
+  python="$(find_python "$version")" || exit 1
+  want="$( (cat "$req"; "$python" -VV) | sha256sum | cut -d' ' -f1)"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
-  log "creating the tooling virtualenv in ${VENV_DIR}"
-  python3 -m venv "${VENV_DIR}"
+  log "creating the tooling virtualenv in ${VENV_DIR} ($("$python" -V))"
+  rm -rf "${VENV_DIR}"
+  "$python" -m venv "${VENV_DIR}"
   "${VENV_DIR}/bin/pip" install -q --upgrade pip
   "${VENV_DIR}/bin/pip" install -q -r "$req"
   printf '%s\n' "$want" >"$stamp"

@@ -21,6 +21,53 @@ host_ca_bundle() {
   return 1
 }
 
+# An interpreter of Python X.Y (the ansible-core lines need their own: 2.20
+# and later run only on a controller Python of 3.12 or newer). Looks at
+# CELERYOPS_PYTHON_<X>_<Y> (a path), pythonX.Y on PATH (a pyenv shim answers
+# only when that version is active, so each candidate must run), pyenv's
+# installed versions (newest patch release first) and the system's; then, on
+# Debian and Ubuntu, installs the distribution's pythonX.Y and pythonX.Y-venv
+# when its archive has them. Fails with what to do otherwise.
+find_python() {
+  local want="$1" var candidates=() c root
+  var="CELERYOPS_PYTHON_${want//./_}"
+  [[ -n "${!var:-}" ]] && candidates+=("${!var}")
+  candidates+=("$(command -v "python${want}" || true)")
+  if root="$(pyenv root 2>/dev/null)" || root="${PYENV_ROOT:-${HOME}/.pyenv}"; then
+    while read -r c; do candidates+=("$c"); done < <(
+      printf '%s\n' "${root}/versions/${want}".*/bin/"python${want}" | sort -rV)
+  fi
+  candidates+=("/usr/local/bin/python${want}" "/usr/bin/python${want}")
+  for c in "${candidates[@]}"; do
+    [[ -n "$c" && -x "$c" ]] || continue
+    if "$c" -c "import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != tuple(map(int, '${want}'.split('.'))))" \
+        >/dev/null 2>&1; then
+      printf '%s\n' "$c"
+      return 0
+    fi
+  done
+  if [[ -z "${!var:-}" ]] && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]] \
+      && apt-get update -qq >/dev/null 2>&1 \
+      && apt-cache show "python${want}" "python${want}-venv" >/dev/null 2>&1; then
+    log "apt-get install python${want} python${want}-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "python${want}" "python${want}-venv" >/dev/null 2>&1 || true
+    if /usr/bin/python"${want}" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+      printf '%s\n' "/usr/bin/python${want}"
+      return 0
+    fi
+  fi
+  die "no Python ${want} with the venv module found (looked at \$${var}, python${want} on PATH, pyenv's versions, /usr/bin, /usr/local/bin; this distribution's archive has no python${want}). Install it, e.g. \`pyenv install ${want}\` (pyenv builds it from source), or point ${var} at its interpreter, then run again."
+}
+
+# The Python of the tooling virtualenv: the one the tooling line of
+# tests/requirements.txt runs on, named in its tests/matrix/requirements-<line>.txt.
+tooling_python_version() {
+  local line
+  line="$(sed -n 's/^ansible-core==\([0-9]*\.[0-9]*\)\..*/\1/p' "${REPO_ROOT}/tests/requirements.txt")"
+  sed -n 's/^# controller-python: *\([0-9]*\.[0-9]*\) *$/\1/p' "${REPO_ROOT}/tests/matrix/requirements-${line}.txt"
+}
+
 activate_venv() {
   # shellcheck disable=SC1091
   source "${VENV_DIR}/bin/activate"

@@ -22,12 +22,13 @@ MARKER='.. Created with antsibull-docs'
 # tests/requirements.txt (its extras dropped: constraints take none).
 ensure_docs_venv() {
   local req="${REPO_ROOT}/tests/requirements-docs.txt" tooling="${REPO_ROOT}/tests/requirements.txt"
-  local stamp="${DOCS_VENV}/.requirements.sha256" want constraints
-  want="$(cat "$req" "$tooling" | sha256sum | cut -d' ' -f1)"
+  local stamp="${DOCS_VENV}/.requirements.sha256" want constraints python
+  python="$(find_python "$(tooling_python_version)")" || exit 1
+  want="$( (cat "$req" "$tooling"; "$python" -VV) | sha256sum | cut -d' ' -f1)"
   if [[ -x "${DOCS_VENV}/bin/antsibull-docs" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then return 0; fi
   log "creating the docs virtualenv in ${DOCS_VENV}"
   rm -rf "$DOCS_VENV"
-  python3 -m venv "$DOCS_VENV"
+  "$python" -m venv "$DOCS_VENV"
   constraints="${DOCS_VENV}/constraints.txt"
   sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$tooling" | grep -v '^[[:space:]]*$' >"$constraints"
   "${DOCS_VENV}/bin/pip" install -q --upgrade pip

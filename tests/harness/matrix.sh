@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The ansible-core matrix: for every line meta/runtime.yml claims that installs
-# on this Python (one tests/matrix/requirements-<line>.txt each, kept in step
-# with requires_ansible by tests/sanity/test_requires_ansible.py), in that
-# line's own virtualenv:
+# The ansible-core matrix: for every line meta/runtime.yml claims (one
+# tests/matrix/requirements-<line>.txt each, kept in step with requires_ansible
+# by tests/sanity/test_requires_ansible.py), in that line's own virtualenv, on
+# the controller Python its requirements file names (found, or installed where
+# the distribution has it, by find_python in common.sh):
 #   - ansible-test sanity and units (tests/harness/sanity.sh): every sanity
 #     test on every line, compile and import on each Python the line supports;
 #     the unit tests on every Python 3 on the tooling line and on the
-#     controller's Python on the older lines (what differs between lines is
+#     line's controller Python on the older lines (what differs between lines is
 #     ansible-core, which that covers; the Python versions are covered once);
 #   - one converge of the site playbook, from the built collection tarball
 #     installed by that line's ansible-galaxy, against a Debian 12 systemd
@@ -53,11 +54,13 @@ cleanup() {
   for line in "${LINES[@]}"; do remove_line_containers "$line"; done
 }
 
-# The index lists the ansible-core releases that install on this Python: no
-# claimed line may lack a requirements file, and stale pins are reported.
+# The index lists the ansible-core releases that install on the tooling
+# virtualenv's Python, the newest of the lines' controller Pythons: no claimed
+# line may lack a requirements file, and stale pins are reported.
 check_lines() {
   local releases="${MATRIX_CACHE}/ansible-core-releases.txt"
-  if ! python3 -m pip index versions ansible-core >"$releases" 2>/dev/null; then
+  mkdir -p "$MATRIX_CACHE"
+  if ! "${VENV_DIR}/bin/python" -m pip index versions ansible-core >"$releases" 2>/dev/null; then
     log "WARNING: the package index did not list ansible-core; lines checked offline only"
     rm -f "$releases"
   fi
@@ -101,6 +104,16 @@ converge_line() (
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
   for cap in "${CAPS[@]}"; do run+=(--cap-add "$cap"); done
   "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null || exit 1
+  # The end of boot, before any module runs: systemd-tmpfiles empties /tmp
+  # while booting, and with it a module's payload unpacked there.
+  # (systemctl answers only once systemd's bus is up: ask again until then.)
+  local state="" deadline=$((SECONDS + 180))
+  until [[ "$state" == running || "$state" == degraded ]] || ((SECONDS > deadline)); do
+    state="$(timeout 60 docker exec "$ctr" systemctl is-system-running --wait 2>&1 || true)"
+    [[ "$state" == running || "$state" == degraded ]] || sleep 1
+  done
+  printf 'systemd in %s: %s\n' "$ctr" "$state"
+  [[ "$state" == running || "$state" == degraded ]] || exit 1
 
   cd "${REPO_ROOT}/tests/matrix" || exit 1
   "${venv}/bin/ansible-playbook" -i inventory.yml converge.yml || exit 1
@@ -164,6 +177,9 @@ main() {
   check lines check_lines
   ensure_tarball
   ensure_docker_collection
+  # Each line's controller Python first, one after the other (finding one may
+  # install it with apt), then the lines' virtualenvs side by side.
+  for line in "${LINES[@]}"; do find_python "$(line_python_version "$line")" >/dev/null; done
   local pids=()
   for line in "${LINES[@]}"; do ensure_line_venv "$line" & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p" || die "a line's virtualenv could not be made"; done

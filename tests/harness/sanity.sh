@@ -9,9 +9,9 @@
 # supports that this machine has; so do the unit tests.
 #
 # Usage: sanity.sh [--core LINE] [--controller-units] [--no-units]
-#   --core LINE         ansible-core line, e.g. 2.16 (default: the tooling line
+#   --core LINE         ansible-core line, e.g. 2.20 (default: the tooling line
 #                       of tests/requirements.txt)
-#   --controller-units  unit tests on the controller's Python only (what
+#   --controller-units  unit tests on the line's controller Python only (what
 #                       matrix.sh does on all lines but the tooling line)
 #   --no-units          sanity only
 source "$(dirname "$0")/common.sh"
@@ -62,7 +62,7 @@ if command -v pyenv >/dev/null; then
 fi
 units_python=()
 if ((controller_units)); then
-  units_python=(--python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')")
+  units_python=(--python "$(line_python_version "$line")")
 fi
 
 tree="$(sync_collection_tree "${MATRIX_CACHE}/tree-${line}")"

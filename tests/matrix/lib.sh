@@ -25,18 +25,29 @@ tooling_line() {
 
 line_venv() { printf '%s\n' "${MATRIX_CACHE}/venv-$1"; }
 
+# The controller Python version a line runs on, named in its requirements file
+# ("# controller-python: X.Y"): each line on a different one, the oldest line
+# on the oldest Python the collection supports as a controller.
+line_python_version() {
+  local req="${MATRIX_SRC}/requirements-$1.txt" version
+  version="$(sed -n 's/^# controller-python: *\([0-9]*\.[0-9]*\) *$/\1/p' "$req" 2>/dev/null)"
+  [[ -n "$version" ]] || die "${req} names no controller Python (a line '# controller-python: X.Y')"
+  printf '%s\n' "$version"
+}
+
 # A virtualenv with the line's pinned ansible-core, rebuilt when the pins change.
 ensure_line_venv() {
-  local line="$1" req="${MATRIX_SRC}/requirements-$1.txt" venv want
+  local line="$1" req="${MATRIX_SRC}/requirements-$1.txt" venv want python
   [[ -f "$req" ]] || die "no ansible-core line ${line}: ${req} is missing (lines: $(matrix_lines | xargs))"
+  python="$(find_python "$(line_python_version "$line")")" || exit 1
   venv="$(line_venv "$line")"
-  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  want="$( (cat "$req"; "$python" -VV) | sha256sum | cut -d' ' -f1)"
   if [[ -x "${venv}/bin/ansible-test" && "$(cat "${venv}/.requirements.sha256" 2>/dev/null)" == "$want" ]]; then
     return 0
   fi
-  log "creating the ansible-core ${line} virtualenv in ${venv}"
+  log "creating the ansible-core ${line} virtualenv in ${venv} ($("$python" -V))"
   rm -rf "$venv"
-  python3 -m venv "$venv"
+  "$python" -m venv "$venv"
   "${venv}/bin/pip" install -q --upgrade pip
   "${venv}/bin/pip" install -q -r "$req"
   printf '%s\n' "$want" >"${venv}/.requirements.sha256"

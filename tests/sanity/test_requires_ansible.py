@@ -8,10 +8,17 @@ Checked here:
 - the lines are exactly those requires_ansible admits, from the oldest it
   admits up to the line of the tooling virtualenv (tests/requirements.txt),
   the newest line that installs on the harness's Python;
+- requires_ansible has an upper bound: it admits no line newer than the
+  tooling line, which nothing tests;
 - the tooling line's pin is the tooling virtualenv's ansible-core;
+- every role's galaxy_info min_ansible_version is the oldest line claimed;
+- every line names the controller Python it runs on ("# controller-python:
+  X.Y"), one the line supports as a controller, and an older line never on a
+  newer Python than a newer line (the oldest line keeps the oldest Python the
+  collection supports as a controller in the matrix);
 - with the index's release list (CELERYOPS_ANSIBLE_CORE_RELEASES, a file
-  matrix.sh writes from `pip index versions ansible-core`, which lists only the
-  releases that install on the running Python): no admitted line that installs
+  matrix.sh writes from `pip index versions ansible-core` run by the tooling
+  line's Python, the newest, so that it lists every line's releases): no admitted line that installs
   here is missing, and a pin older than its line's newest release warns.
 """
 import os
@@ -27,6 +34,15 @@ from packaging.version import Version
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "tests" / "matrix"
 PIN = re.compile(r"^ansible-core==(\d+\.\d+\.\d+)\s*$", re.MULTILINE)
+CONTROLLER_PYTHON = re.compile(r"^# controller-python: *(\d+\.\d+) *$", re.MULTILINE)
+# The controller Pythons each ansible-core line supports: CONTROLLER_PYTHON_VERSIONS
+# of its ansible_test/_util/target/common/constants.py (ansible-core's
+# Requires-Python gives the oldest only).
+SUPPORTED_CONTROLLER_PYTHONS = {
+    "2.19": ("3.11", "3.12", "3.13"),
+    "2.20": ("3.12", "3.13", "3.14"),
+    "2.21": ("3.12", "3.13", "3.14"),
+}
 
 
 def line_of(version):
@@ -82,6 +98,16 @@ def test_matrix_lines_are_those_requires_ansible_claims():
     )
 
 
+def test_no_line_newer_than_the_tooling_line_is_claimed():
+    spec, newest = requires_ansible(), Version(line_of(tooling_pin()))
+    newer = ["%d.%d" % (newest.major, newest.minor + 1), "%d.0" % (newest.major + 1)]
+    claimed = [line for line in newer if admits(spec, line) or spec.contains("%s.0" % line)]
+    assert not claimed, (
+        "meta/runtime.yml requires_ansible %s claims %s, newer than the tooling line %s, which nothing tests: "
+        "give it an upper bound (<%s.0)" % (spec, claimed, line_of(tooling_pin()), newer[0])
+    )
+
+
 def test_tooling_line_pin_is_the_tooling_virtualenvs():
     pins = matrix_pins()
     tooling = tooling_pin()
@@ -89,6 +115,37 @@ def test_tooling_line_pin_is_the_tooling_virtualenvs():
         "tests/requirements.txt pins ansible-core %s, tests/matrix/requirements-%s.txt %s"
         % (tooling, line_of(tooling), pins.get(line_of(tooling)))
     )
+
+
+def test_roles_min_ansible_version_is_the_oldest_line_claimed():
+    oldest = expected_lines()[0]
+    roles = sorted((ROOT / "roles").glob("*/meta/main.yml"))
+    assert roles, "no role's meta/main.yml found"
+    for path in roles:
+        with open(path) as handle:
+            found = str((yaml.safe_load(handle).get("galaxy_info") or {}).get("min_ansible_version"))
+        assert found == oldest, "%s has min_ansible_version %s; requires_ansible claims %s as the oldest line" % (
+            path.relative_to(ROOT), found, oldest)
+
+
+def controller_pythons():
+    found = {}
+    for path in sorted(MATRIX.glob("requirements-*.txt")):
+        names = CONTROLLER_PYTHON.findall(path.read_text())
+        assert len(names) == 1, "%s must name its controller Python once (# controller-python: X.Y)" % path
+        found[path.name[len("requirements-"):-len(".txt")]] = names[0]
+    return found
+
+
+def test_every_line_runs_on_a_controller_python_it_supports():
+    pythons = controller_pythons()
+    for line, python in pythons.items():
+        supported = SUPPORTED_CONTROLLER_PYTHONS.get(line)
+        assert supported, "no list of the controller Pythons ansible-core %s supports in this test: add it" % line
+        assert python in supported, "requirements-%s.txt names Python %s; ansible-core %s supports %s" % (
+            line, python, line, ", ".join(supported))
+    by_line = [Version(pythons[line]) for line in sorted(pythons, key=Version)]
+    assert by_line == sorted(by_line), "an older line runs on a newer Python than a newer line: %s" % pythons
 
 
 def index_releases():

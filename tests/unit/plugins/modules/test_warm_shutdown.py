@@ -429,7 +429,7 @@ def test_end_to_end_with_real_processes(tmp_path, monkeypatch):
     monkeypatch.setenv('FAKE_SUPERVISOR_DIR', str(state))
     workers = {}
     try:
-        for name, task in (('app:fast', '0.3'), ('app:slow', '1.0')):
+        for name, task in (('app:fast', '0.8'), ('app:slow', '1.5')):
             p = subprocess.Popen([sys.executable, '-c', FAKE_WORKER, task], stdout=subprocess.PIPE)
             assert p.stdout.readline() == b'ready\n'
             (state / name).write_text(str(p.pid))
