@@ -17,7 +17,9 @@ from celery_checks import run_site, wait
 
 testinfra_hosts = ["ansible://celery_workers"]
 
-STEP, COUNT = 4, 60  # 60 tasks of 4 s on a concurrency-2 worker: about 2 minutes of work
+# 200 tasks of 4 s on a concurrency-2 worker: about 7 minutes of work, more
+# than the play takes on a loaded machine; the rest is purged afterwards.
+STEP, COUNT = 4, 200
 PLAY = """\
 - name: A user's play with the collection's roles and a config file of the app
   hosts: celery_workers
@@ -82,7 +84,9 @@ def test_the_restart_topic_restarts_the_workers_warm_while_a_task_runs(celery):
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as play:
         play.write(PLAY)
     try:
-        wait(lambda: any(t["id"] == tasks[0] for t in celery.active(node)), 30, "the first task to start on %s" % node)
+        # From the worker's own log (cheaper than `celery inspect` on a loaded machine).
+        wait(lambda: "sleep[%s] received" % tasks[0] in log_after(celery, worker, mark), 120,
+             "the first task to reach %s" % node, interval=2)
         started = time.monotonic()
         result = run_site({"topic_check_stamp": time.time()}, playbook=play.name, limit=celery.host.backend.host)
         output = result.stdout + result.stderr
