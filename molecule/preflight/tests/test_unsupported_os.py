@@ -70,7 +70,7 @@ def test_an_unsupported_platform_fails_before_any_change(host, case, playbook):
     if playbook.endswith("release"):
         extra["celery_release_src"] = "/nonexistent-release-src"  # never reached: the platform check comes first
     result = run_site(extra, playbook=playbook)
-    assert_failed_with(result, ["preflight-other-os " + found, "does not support", SUPPORTED,
+    assert_failed_with(result, ["%s %s" % (host.backend.host, found), "does not support", SUPPORTED,
                                 "celery_allow_unsupported_os: true"], case)
     assert changed_paths(host) == [], "the host changed before the error (%s)" % case
     assert host.run("getent passwd testapp").rc != 0, "the app user was created"
