@@ -67,7 +67,7 @@ def pytest_generate_tests(metafunc):
         metafunc.config.pluginmanager.register(_FinishedChecks(path), PLUGIN)
 
 
-def wait_for_the_other_checks(request, timeout=600):
+def wait_for_the_other_checks(request, timeout=1800):
     path = _finished_file(request.config)
     if path is None:
         return
