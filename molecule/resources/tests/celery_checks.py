@@ -2,21 +2,54 @@
 and its broker, and the site playbook run the way a user runs it."""
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
 
 
-def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None):
-    """ansible-playbook against the scenario's hosts; returns the CompletedProcess."""
+def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None,
+             callback="ansible.builtin.default"):
+    """ansible-playbook against the scenario's hosts; returns the CompletedProcess.
+    With callback="ansible.builtin.json", stdout is one JSON report (see failed_tasks)."""
     cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
            "-e", json.dumps(extra_vars or {})]
     if check:
         cmd.append("--check")
     if limit:
         cmd += ["--limit", limit]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
+
+
+def json_report(result):
+    """The report of a run with the ansible.builtin.json callback."""
+    start = result.stdout.find("{")
+    assert start >= 0, "no JSON report (rc %d):\n%s\n%s" % (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+    return json.loads(result.stdout[start:])
+
+
+def failed_tasks(report):
+    """[(task name, host, message)] of every failed task in a JSON report; a
+    looped task's failed items each give their own message."""
+    failed = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            for host, res in task.get("hosts", {}).items():
+                if not (res.get("failed") or res.get("unreachable")):
+                    continue
+                messages = [str(res.get("msg", ""))]
+                messages += [str(item.get("msg", "")) for item in res.get("results", []) if item.get("failed")]
+                failed.append((task["task"]["name"], host, "\n".join(messages)))
+    return failed
+
+
+def recap(output):
+    """{host: {"ok": n, "changed": n, ...}} from the PLAY RECAP of a default-callback run."""
+    hosts = {}
+    for match in re.finditer(r"^(\S+)\s+: ((?:\w+=\d+\s*)+)$", output, re.M):
+        hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return hosts
 
 
 def wait(predicate, timeout, what, interval=0.5):
