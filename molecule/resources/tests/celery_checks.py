@@ -131,10 +131,21 @@ class CeleryHost:
         out = self.sh("ps -o pid= --ppid %d" % pid, check=False).stdout.split()
         return [int(p) for p in out]
 
-    def log_since(self, worker, since):
+    def log_file(self, worker):
+        return "/var/log/%s/worker-%s.log" % (self.app, worker)
+
+    def log_size(self, worker):
+        """Bytes in the worker's log file under supervisor (0 under systemd)."""
+        if self.manager == "systemd":
+            return 0
+        return int(self.sh("stat -c %%s %s" % self.log_file(worker)).stdout)
+
+    def log_since(self, worker, since, offset=0):
+        """The worker's log since a time (systemd's journal) or from a byte
+        offset of its log file (supervisor, see log_size)."""
         if self.manager == "systemd":
             return self.sh("journalctl -q -o cat -u %s --since=@%d" % (self.service(worker), since)).stdout
-        return self.sh("cat /var/log/%s/worker-%s.log" % (self.app, worker), check=False).stdout
+        return self.sh("tail -c +%d %s" % (offset + 1, self.log_file(worker))).stdout
 
     # -- Beat -------------------------------------------------------------
     def beat_pids(self):

@@ -69,23 +69,44 @@ def test_a_published_task_is_executed_on_this_host(celery):
     assert celery.probe("call", "add", "2", "3")["result"] == 5
 
 
+def start_long_task(celery, worker, seconds=8):
+    """Sends long_once(seconds) and waits until it runs on the worker; returns
+    its id and the worker's pool processes at that moment. long_once counts its
+    deliveries: a redelivered task (acks_late, reject_on_worker_lost) reports
+    attempt 2 and did not sleep."""
+    node = celery.node(worker)
+    celery.wait_for(lambda: celery.ping(node), 30, "ping of %s" % node)
+    task_id = celery.probe("send", "long_once", str(seconds))
+    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 20, "the task to start on %s" % node)
+    pool = celery.children(celery.main_pid(worker))
+    assert pool, "no pool process under %s" % celery.main_pid(worker)
+    return task_id, pool
+
+
+def assert_ran_once_on(celery, task_id, pool, seconds=8):
+    """The task succeeded on its first delivery, in one of the old pool processes."""
+    result = celery.probe("wait", task_id, "--timeout", "90")
+    assert result["state"] == "SUCCESS", result
+    done = result["result"]
+    assert done["attempt"] == 1, "the task was delivered %d times: it was killed and redelivered" % done["attempt"]
+    assert done["slept"] >= seconds, done
+    assert done["pid"] in pool, "the task ran in %d, not in a pool process of the old worker %s" % (done["pid"], pool)
+
+
 def test_a_task_in_flight_survives_a_restart(celery):
     worker = celery.workers[0]
     node = celery.node(worker)
-    celery.wait_for(lambda: celery.ping(node), 30, "ping of %s" % node)
     since = int(celery.sh("date +%s").stdout)
-    task_id = celery.probe("send", "sleep", "8")
-    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 20, "the task to start on %s" % node)
+    log_offset = celery.log_size(worker)
+    task_id, pool = start_long_task(celery, worker)
     old_pid = celery.main_pid(worker)
     started = time.monotonic()
     celery.restart(worker)
     # The restart waited for the warm shutdown, so the task finished first.
     assert time.monotonic() - started >= 3, "the restart returned before the task could have finished"
-    result = celery.probe("wait", task_id, "--timeout", "60")
-    assert result["state"] == "SUCCESS", result
-    assert result["result"]["slept"] >= 8
+    assert_ran_once_on(celery, task_id, pool)
     assert celery.main_pid(worker) not in (0, old_pid)
-    log = celery.log_since(worker, since)
+    log = celery.log_since(worker, since, offset=log_offset)
     assert "WorkerLostError" not in log
     assert "SIGTERM" not in log, log
     assert celery.wait_for(lambda: celery.ping(node), 30, "ping after restart")
@@ -155,8 +176,33 @@ def test_the_manager_itself_stops_workers_warm_and_units_are_sandboxed(celery):
             score = float(line.split(":")[1].split()[0])
             assert score <= 1.5, line
     else:
-        # Stopping supervisord (shutdown, upgrade) must stop the workers warm too.
         kill_mode = celery.sh("systemctl show -p KillMode --value supervisor.service").stdout.strip()
         assert kill_mode == "mixed", "supervisor.service has KillMode=%s" % kill_mode
         conf = celery.host.file("/etc/supervisor/conf.d/%s.conf" % celery.app).content_string
         assert "stopasgroup=false" in conf and "killasgroup=true" in conf
+        stop_supervisord_with_a_task_in_flight(celery)
+
+
+def stop_supervisord_with_a_task_in_flight(celery):
+    """Stopping supervisord (shutdown, upgrade) with a task in flight: the
+    task finishes on its first delivery in the old pool, then supervisord
+    starts again and its workers run tasks."""
+    worker = celery.workers[0]
+    log_offset = celery.log_size(worker)
+    task_id, pool = start_long_task(celery, worker)
+    started = time.monotonic()
+    celery.sh("systemctl stop supervisor.service")
+    took = time.monotonic() - started
+    try:
+        assert took >= 3, "supervisord stopped in %.1fs: it did not wait for the task in flight" % took
+        assert [p for p in pool if celery.host.run("kill -0 %d" % p).rc == 0] == [], "pool processes outlived supervisord"
+        assert_ran_once_on(celery, task_id, pool)
+        log = celery.log_since(worker, 0, offset=log_offset)
+        assert "WorkerLostError" not in log, log[-3000:]
+    finally:
+        celery.sh("systemctl start supervisor.service")
+    for name in celery.workers:
+        assert celery.wait_for(lambda name=name: "RUNNING" in celery.sh("supervisorctl status %s" % celery.service(name), check=False).stdout,
+                               60, "%s to run again" % name, interval=1)
+        assert celery.wait_for(lambda name=name: celery.ping(celery.node(name), timeout=2), 60, "ping of %s" % celery.node(name))
+    assert celery.probe("call", "add", "2", "3", "--timeout", "60")["result"] == 5
