@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 import testinfra
@@ -15,7 +16,7 @@ import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
 
-from celery_checks import CeleryHost, failed_tasks, json_report, run_site  # noqa: E402
+from celery_checks import CeleryHost, changed_hosts, failed_tasks, json_report, run_site  # noqa: E402
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
 INTERVAL = 2.0
@@ -223,3 +224,21 @@ def test_a_host_of_the_group_outside_the_play_that_still_runs_beat_stops_the_pla
     assert beat_hosts("systemd") == [SECOND]
     assert not first.host.file("/etc/systemd/system/testapp-beat.service").exists
     assert_one_tick_per_interval(second)
+
+
+def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
+    # A site run with --diff that really changes the env file on every host:
+    # a new secret in celery_env, then the same run without it.
+    env = celery_host(FIRST, "systemd").host.ansible.get_variables()["celery_env"]
+    secret = "s3cr3t-diff-%s" % uuid.uuid4().hex[:12]
+    for extra in ({"TESTAPP_DIFF_SECRET": secret}, {}):
+        result = run_site({"celery_beat_host": SECOND, "celery_env": dict(env, **extra)}, diff=True)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        # Without a change there would be nothing to show, and nothing to check.
+        assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, output[-5000:]
+        for name in (FIRST, SECOND):
+            in_file = celery_host(name, "systemd").sh("grep -c %s /etc/testapp/celery.env || true" % secret).stdout.strip()
+            assert in_file == ("1" if extra else "0"), "%s: the env file does not hold the change" % name
+        for value in (secret, env["TESTAPP_SECRET"]):
+            assert value not in output, "a secret value is in the output of a site run with --diff:\n%s" % output[-5000:]

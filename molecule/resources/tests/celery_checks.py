@@ -9,13 +9,15 @@ import time
 
 
 def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None,
-             callback="ansible.builtin.default"):
+             callback="ansible.builtin.default", diff=False):
     """ansible-playbook against the scenario's hosts; returns the CompletedProcess.
     With callback="ansible.builtin.json", stdout is one JSON report (see failed_tasks)."""
     cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
            "-e", json.dumps(extra_vars or {})]
     if check:
         cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
     if limit:
         cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
@@ -49,6 +51,15 @@ def recap(output):
     hosts = {}
     for match in re.finditer(r"^(\S+)\s+: ((?:\w+=\d+\s*)+)$", output, re.M):
         hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return hosts
+
+
+def changed_hosts(output, task):
+    """Hosts a task reported changed on, in a default-callback run's output."""
+    hosts = set()
+    for block in output.split("\nTASK [")[1:]:
+        if block.startswith(task + "]"):
+            hosts.update(re.findall(r"^changed: \[([^\]]+)\]", block, re.M))
     return hosts
 
 
