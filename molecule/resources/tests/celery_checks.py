@@ -21,14 +21,12 @@ def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.c
     if limit:
         cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
-    if callback != "ansible.builtin.default":
-        # Other callbacks (the scenarios enable profile_tasks) would print into the report.
-        env["ANSIBLE_CALLBACKS_ENABLED"] = ""
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
 
 
 def json_report(result):
-    """The report of a run with the ansible.builtin.json callback."""
+    """The report of a run with the ansible.builtin.json callback (what other
+    callbacks print around it, e.g. profile_tasks, is left aside)."""
     start = result.stdout.find("{")
     assert start >= 0, "no JSON report (rc %d):\n%s\n%s" % (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
     return json.JSONDecoder().raw_decode(result.stdout[start:])[0]
