@@ -77,7 +77,7 @@ def start_long_task(celery, worker, seconds=8):
     node = celery.node(worker)
     celery.wait_for(lambda: celery.ping(node), 30, "ping of %s" % node)
     task_id = celery.probe("send", "long_once", str(seconds))
-    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 20, "the task to start on %s" % node)
+    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 60, "the task to start on %s" % node)
     pool = celery.children(celery.main_pid(worker))
     assert pool, "no pool process under %s" % celery.main_pid(worker)
     return task_id, pool
