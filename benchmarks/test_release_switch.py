@@ -4,18 +4,31 @@
     make bench
 
 1. One host, a steady stream (a task every 0.05 s to that host's own queue)
-   and one 8 s task in flight when the switch starts: the plain manager
+   and one 8 s task in flight on the old workers when the switch starts
+   (asserted: active on the old node within 3 s of the switch's start, and
+   completed on the old release after its full 8 s): the plain manager
    restart against the release playbook's `restart` and `overlap` strategies -
-   longest pause between two completed tasks, tasks lost, tasks run twice,
-   switch wall time (for the playbook: its switch play, after the install).
+   longest pause between two completed tasks of the switched host's queue,
+   tasks lost, tasks run twice, switch wall time (for the playbook: its switch
+   play, after the install).
 2. The fleet: an `overlap` release on 1 host, on 3 hosts one at a time
-   (serial 1) and on 3 hosts at once (serial 3), under the stream to every host.
-3. How soon a stop notices that the process exited: the warm_shutdown module
-   against `systemctl stop` and a one-second polling loop, on a process that
-   takes exactly 1.5 s to exit after SIGTERM.
+   (serial 1) and on 3 hosts at once (serial 3), under the stream to every
+   host; the pause is that of the switched hosts' own queues (the longest of
+   them), never the fleet's, where the other hosts' completions fill the gap.
+3. How soon a stop notices that the process exited: the warm_shutdown
+   module's engine against `systemctl stop` and a one-second polling loop, on
+   a process that takes exactly 1.5 s to exit after SIGTERM. Every row is
+   timed the same way: on the host, from before its command starts to after it
+   returns (`date +%s.%N` around it), minus the 1.5 s; the module's engine runs
+   as a plain Python process there (its module_utils file, as the module runs
+   it), so that no row includes Ansible's round trip and none starts its clock
+   after the stop was sent.
 
-Writes the tables to $CELERYOPS_BENCH_OUT (default: .cache/benchmarks/release_switch.md)
-and asserts only what makes the numbers meaningful (the switch succeeded).
+The tests run in order in one session; the last one writes every table, from
+this run only, to $CELERYOPS_BENCH_OUT (default:
+.cache/benchmarks/release_switch.md). Asserts what makes the numbers
+meaningful (the switch succeeded, the long task was in flight, all rows are
+there).
 """
 import json
 import os
@@ -26,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "molecule", "release", "tests"))
 
-from release_checks import HOSTS, MANAGERS, REPO, Stream, make_release, probe, sh  # noqa: E402
+from release_checks import HOSTS, MANAGERS, REPO, Stream, in_release, make_release, probe, sh, whoami  # noqa: E402
 
 OUT = os.environ.get("CELERYOPS_BENCH_OUT") or os.path.join(REPO, ".cache", "benchmarks", "release_switch.md")
 ROWS = []
@@ -75,25 +88,44 @@ def plain_restart(host):
         sh(host, "supervisorctl restart testapp:testapp-worker-default", timeout=300)
 
 
-def measure(label, host_label, hosts, action, long_task_host=None):
+def active_on(host, node, task_id):
+    out = sh(host, in_release("v1", "-m celery -A celery_testapp inspect active -d %s --timeout 2 --json" % node),
+             check=False).stdout.strip().splitlines()
+    try:
+        return any(t["id"] == task_id for t in json.loads(out[-1]).get(node, []))
+    except (IndexError, ValueError):
+        return False
+
+
+def measure(label, host_label, hosts, action, long_task_host=None, switched=None):
     """action(start_long_task) switches and returns its wall time; it calls
-    start_long_task() right before the switch, so that an 8 s task is in
-    flight on the old workers when they are replaced."""
+    start_long_task() right as the switch starts, which sends an 8 s task and
+    waits until the old workers (node default@<host>) run it. The pause is the
+    longest of the switched hosts' own queues (default: all of `hosts`)."""
     long_task = {}
+    old_version = whoami(long_task_host)["version"] if long_task_host else None
 
     def start_long_task():
         if long_task_host:
+            began = time.monotonic()
+            node = "default@" + long_task_host
             long_task["id"] = probe(long_task_host, "send", "sleep", 8, "--queue", "host." + long_task_host)
-            time.sleep(0.5)
+            while not active_on(long_task_host, node, long_task["id"]):
+                assert time.monotonic() - began < 3, "the 8 s task did not start on %s within 3 s of the switch" % node
+                time.sleep(0.1)
 
     with Stream(hosts=hosts) as stream:
         wall = action(start_long_task)
-    if long_task:
+    if long_task_host:
+        assert long_task, "the switch never started"
         done = probe(long_task_host, "wait", long_task["id"], "--timeout", 120)
         assert done["state"] == "SUCCESS", done
+        assert done["result"]["version"] == old_version and done["result"]["slept"] >= 8, \
+            "the 8 s task did not run to its end on the old release: %s" % done
     row = {"switch": label, "hosts": host_label, "published": stream.published,
            "lost": len(stream.lost()), "run twice": len(stream.duplicated()),
-           "longest pause (s)": round(stream.longest_pause(), 2), "wall time (s)": round(wall, 1)}
+           "longest pause (s)": round(max(stream.longest_pause(h) for h in (switched or hosts)), 2),
+           "wall time (s)": round(wall, 1)}
     ROWS.append(row)
     print(json.dumps(row))
     return row
@@ -134,7 +166,8 @@ def test_one_host_plain_restart_against_the_release_strategies(tmp_path):
 def test_fleet_overlap_release_by_batch_size(tmp_path):
     src, release_id = next_release(tmp_path)
     measure("release, overlap", "1 of 3", HOSTS,
-            lambda start: release(start, limit=HOSTS[2], celery_release_src=src, celery_release_id=release_id, **KEEP))
+            lambda start: release(start, limit=HOSTS[2], celery_release_src=src, celery_release_id=release_id, **KEEP),
+            switched=[HOSTS[2]])
     for serial in (1, 3):
         src, release_id = next_release(tmp_path)
         measure("release, overlap, serial %d" % serial, "3", HOSTS,
@@ -162,27 +195,32 @@ def _start_slow_exit(host):
     return unit
 
 
-def _module_latency(host):
-    unit = _start_slow_exit(host)
-    proc = subprocess.run(["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], host, "-o",
-                           "-m", "celeryops.celery.warm_shutdown",
-                           "-a", json.dumps({"manager": "systemd", "services": [unit], "timeout": 30})],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(proc.stdout.split("=>", 1)[1])
-    return (result["services"][0]["waited"] - EXIT_AFTER) * 1000
+MODULE_UTILS = os.path.join(REPO, "plugins", "module_utils", "warm_shutdown.py")
+# The module's engine with the module's defaults, as main() builds it.
+ENGINE = ("import os, subprocess, sys\n"
+          "sys.path.insert(0, '/tmp/bench')\n"
+          "import warm_shutdown as w\n"
+          "def run(args):\n"
+          "    p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, LC_ALL='C'))\n"
+          "    return p.returncode, p.stdout, p.stderr\n"
+          "ops = w.ProcessOps()\n"
+          "engine = w.WarmShutdown(w.SystemdManager(run, '/usr/bin/systemctl', ops), ops, timeout=30,\n"
+          "                        on_timeout='fail', cold_timeout=30, poll_interval=0.05)\n"
+          "engine.run(sys.argv[1:])\n")
 
 
-def _timed(host, script):
-    unit = _start_slow_exit(host)
-    out = sh(host, "s=$(date +%%s.%%N); %s; e=$(date +%%s.%%N); echo $s $e" % script.replace("UNIT", unit)).stdout.split()
-    return (float(out[-1]) - float(out[-2]) - EXIT_AFTER) * 1000
+def _install_engine(host):
+    with open(MODULE_UTILS) as handle:
+        subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "mkdir -p /tmp/bench && cat > /tmp/bench/warm_shutdown.py"],
+                       input=handle.read(), text=True, check=True)
+    subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "cat > /tmp/bench/engine.py"], input=ENGINE, text=True, check=True)
 
 
 def test_exit_detection_latency():
     host = HOSTS[0]
+    _install_engine(host)
     rows = [
-        ("warm_shutdown module", [_module_latency(host) for _trial in range(5)]),
+        ("warm_shutdown module (its engine)", [_timed(host, "python3 /tmp/bench/engine.py UNIT") for _trial in range(5)]),
         ("`systemctl stop` (blocking)", [_timed(host, "systemctl stop UNIT") for _trial in range(5)]),
         ("stop, then poll `systemctl is-active` every 1 s", [_timed(
             host, "systemctl stop --no-block UNIT; "
@@ -191,5 +229,7 @@ def test_exit_detection_latency():
     ]
     for name, values in rows:
         print(name, [round(v) for v in values])
+    # One run's tables, all of them: the switch rows of the tests above too.
+    assert len(ROWS) == 9, "the switch tables of this run are incomplete (%d rows): run the whole file" % len(ROWS)
     write_tables(rows)
     assert statistics.median(rows[0][1]) < 250

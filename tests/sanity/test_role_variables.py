@@ -3,7 +3,8 @@
 - every variable a role's defaults set is an option of its argument spec, with
   the same default, and every option is in the defaults unless it is required;
 - a variable shared by several roles has one type and one default everywhere;
-- the `preflight` entry point checks exactly what `main` checks.
+- a role whose `preflight` tasks another role or playbook includes has a
+  `preflight` entry point that checks exactly what its `main` checks.
 """
 import pathlib
 
@@ -57,11 +58,56 @@ def test_every_option_is_prefixed_and_described(role):
         assert option.get("type"), "%s: %s has no type" % (role, name)
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_preflight_entry_point_checks_what_main_checks(role):
+def included_preflights():
+    """The roles whose `preflight` tasks a role or playbook includes
+    (`tasks_from: preflight`), read from the task files themselves: a role
+    name templated over a loop or over celery_process_manager counts for each
+    role it can name."""
+    found = set()
+    managers = ("systemd", "supervisor")
+    for path in sorted(ROOT.glob("roles/*/tasks/*.yml")) + sorted(ROOT.glob("playbooks/*.yml")):
+        for task in walk_tasks(load(path) or []):
+            include = task.get("ansible.builtin.include_role") or task.get("ansible.builtin.import_role")
+            if not isinstance(include, dict) or include.get("tasks_from") != "preflight":
+                continue
+            name = include["name"].replace("celeryops.celery.", "")
+            loop_var = (task.get("loop_control") or {}).get("loop_var", "item")
+            if "{{" in name and loop_var in name:
+                candidates = task["loop"]
+            else:
+                candidates = [name]
+            for candidate in candidates:
+                if "celery_process_manager" in candidate:
+                    found.update(managers)
+                else:
+                    assert "{{" not in candidate, "%s: cannot tell which role %r names" % (path, candidate)
+                    found.add(candidate)
+    return found
+
+
+def walk_tasks(items):
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        yield item
+        for key in ("tasks", "block", "rescue", "always", "pre_tasks", "post_tasks", "handlers"):
+            yield from walk_tasks(item.get(key))
+
+
+def test_the_preflight_includes_are_found():
+    # The reader above must see what the worker and release roles include.
+    assert {"env", "logdirs", "systemd", "supervisor", "beat", "release"} <= included_preflights()
+
+
+@pytest.mark.parametrize("role", sorted(included_preflights()))
+def test_an_included_preflight_checks_what_main_checks(role):
+    # include_role validates the arguments of the entry point named by
+    # tasks_from; without a `preflight` entry point nothing is checked there.
     entry_points = specs(role)
-    if "preflight" in entry_points:
-        assert entry_points["preflight"]["options"] == entry_points["main"]["options"]
+    assert "preflight" in entry_points, "%s: its preflight tasks are included but it has no preflight entry point" % role
+    assert entry_points["preflight"].get("options"), "%s: the preflight entry point checks no option" % role
+    assert entry_points["preflight"]["options"] == entry_points["main"]["options"], \
+        "%s: the preflight entry point does not check what main checks" % role
 
 
 def test_shared_variables_agree_across_roles():

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 import testinfra
@@ -15,7 +16,7 @@ import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
 
-from celery_checks import CeleryHost, run_site  # noqa: E402
+from celery_checks import CeleryHost, changed_hosts, failed_tasks, json_report, run_site  # noqa: E402
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
 INTERVAL = 2.0
@@ -57,20 +58,43 @@ def beat_hosts(manager):
 
 
 class BeatWatch(threading.Thread):
-    """Samples every host for Beat processes while a play runs."""
+    """Samples every host for Beat processes while a play runs:
+    `with BeatWatch(manager) as watch: <play>`, then watch.assert_sampled()
+    before trusting watch.overlaps (a watcher that died or never saw Beat
+    would report no overlap)."""
 
     def __init__(self, manager):
         super().__init__(daemon=True)
         self.manager, self.stop, self.samples, self.overlaps = manager, threading.Event(), 0, []
+        self.seen, self.error, self.alive_at_end = 0, None, False
 
     def run(self):
-        watched = hosts(self.manager)
-        while not self.stop.is_set():
-            running = sorted(name for name, celery in watched.items() if celery.beat_pids())
-            self.samples += 1
-            if len(running) > 1:
-                self.overlaps.append(running)
-            time.sleep(0.3)
+        try:
+            watched = hosts(self.manager)
+            while not self.stop.is_set():
+                running = sorted(name for name, celery in watched.items() if celery.beat_pids())
+                self.samples += 1
+                self.seen += bool(running)
+                if len(running) > 1:
+                    self.overlaps.append(running)
+                time.sleep(0.3)
+        except Exception as error:  # pylint: disable=broad-except  # reported by assert_sampled
+            self.error = error
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.alive_at_end = self.is_alive()
+        self.stop.set()
+        self.join()
+
+    def assert_sampled(self):
+        assert self.error is None, "the Beat watcher failed: %r" % self.error
+        assert self.alive_at_end, "the Beat watcher stopped before the play ended"
+        assert self.samples > 10, "the Beat watcher sampled only %d times" % self.samples
+        assert self.seen > 0, "the Beat watcher never saw Beat run (%d samples): it could not see two" % self.samples
 
 
 def test_beat_runs_on_the_first_host_only():
@@ -94,14 +118,9 @@ def test_beat_unit_is_sandboxed_like_the_workers():
 
 
 def test_moving_the_beat_host_moves_beat_without_two_at_once():
-    watch = BeatWatch("systemd")
-    watch.start()
-    try:
+    with BeatWatch("systemd") as watch:
         converge(celery_beat_host=SECOND)
-    finally:
-        watch.stop.set()
-        watch.join()
-    assert watch.samples > 10
+    watch.assert_sampled()
     assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
     assert beat_hosts("systemd") == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
@@ -123,13 +142,9 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
     first.wait_for(lambda: any(t["id"] == task_id for name in (FIRST, SECOND)
                                for t in celery_host(name, old).active(celery_host(name, old).node("default"))),
                    20, "the long task to start")
-    watch = BeatWatch(new)
-    watch.start()
-    try:
+    with BeatWatch(new) as watch:
         converge(celery_beat_host=SECOND, celery_process_manager=new)
-    finally:
-        watch.stop.set()
-        watch.join()
+    watch.assert_sampled()
     assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
     result = first.probe("wait", task_id, "--timeout", "60")
     assert result["state"] == "SUCCESS" and result["result"]["slept"] >= 8, result
@@ -150,6 +165,16 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
     assert_one_tick_per_interval(celery_host(SECOND, new))
 
 
+def assert_failed_with(result, words, hosts_failed=(FIRST, SECOND)):
+    """Each host in hosts_failed has a failed task whose own message holds all the words."""
+    failures = failed_tasks(json_report(result))
+    for name in hosts_failed:
+        messages = [msg for _task, host, msg in failures if host == name]
+        assert any(all(w in msg for w in words) for msg in messages), \
+            "no failed task's message on %s says all of %r: %r" % (name, words, failures)
+    return failures
+
+
 def snapshot(celery):
     return celery.sh("ls -l --time-style=+%s /etc/systemd/system/testapp* /etc/supervisor/conf.d 2>/dev/null; "
                      "cat /etc/testapp/celery.env | md5sum").stdout
@@ -158,10 +183,9 @@ def snapshot(celery):
 def test_a_beat_host_outside_the_play_fails_before_any_change():
     before = {name: snapshot(c) for name, c in hosts("systemd").items()}
     beat_before = {name: c.beat_pids() for name, c in hosts("systemd").items()}
-    result = run_site({"celery_beat_host": "nosuchhost"})
-    output = result.stdout + result.stderr
+    result = run_site({"celery_beat_host": "nosuchhost"}, callback="ansible.builtin.json")
     assert result.returncode != 0
-    assert "celery_beat_host 'nosuchhost' is not a host of this play" in output, output[-3000:]
+    assert_failed_with(result, ["celery_beat_host 'nosuchhost' is not a host of this play"])
     assert {name: snapshot(c) for name, c in hosts("systemd").items()} == before
     assert {name: c.beat_pids() for name, c in hosts("systemd").items()} == beat_before
 
@@ -177,9 +201,47 @@ def test_beat_requested_on_two_hosts_by_host_vars_fails_before_any_change(tmp_pa
     # molecule's group_vars live beside its inventory file.
     os.symlink(os.path.join(os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), "group_vars"), tmp_path / "group_vars")
     before = {name: snapshot(c) for name, c in hosts("systemd").items()}
-    result = run_site({}, inventory=str(path))
-    output = result.stdout + result.stderr
+    result = run_site({}, inventory=str(path), callback="ansible.builtin.json")
     assert result.returncode != 0
-    assert "celery_beat_host must name one and the same host" in output, output[-3000:]
-    assert FIRST in output and SECOND in output
+    assert_failed_with(result, ["celery_beat_host must name one and the same host", FIRST, SECOND])
     assert {name: snapshot(c) for name, c in hosts("systemd").items()} == before
+
+
+def test_a_host_of_the_group_outside_the_play_that_still_runs_beat_stops_the_play():
+    # The checks above leave Beat on the second host, under systemd. A play
+    # limited to the first host that asks for Beat there must not start a
+    # second Beat: it cannot remove the one outside the play.
+    first, second = celery_host(FIRST, "systemd"), celery_host(SECOND, "systemd")
+    assert beat_hosts("systemd") == [SECOND], "the setup of this check is wrong: Beat is not on %s alone" % SECOND
+    assert second.host.service("testapp-beat.service").is_running
+    with BeatWatch("systemd") as watch:
+        result = run_site({"celery_beat_host": FIRST}, limit=FIRST, callback="ansible.builtin.json")
+    watch.assert_sampled()
+    assert result.returncode != 0, "the play limited to %s succeeded while Beat runs on %s" % (FIRST, SECOND)
+    failures = assert_failed_with(result, ["Beat still runs on %s, outside this play" % SECOND, "--limit"], hosts_failed=(FIRST,))
+    assert {host for _task, host, _msg in failures} == {FIRST}, failures
+    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    assert beat_hosts("systemd") == [SECOND]
+    assert not first.host.file("/etc/systemd/system/testapp-beat.service").exists
+    # The Beat outside the play goes on: a tick is executed after the play.
+    second.probe("clear-ticks")
+    second.wait_for(lambda: second.probe("ticks"), 60, "a Beat tick after the play", interval=1)
+    assert len(second.beat_pids()) == 1
+
+
+def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
+    # A site run with --diff that really changes the env file on every host:
+    # a new secret in celery_env, then the same run without it.
+    env = celery_host(FIRST, "systemd").host.ansible.get_variables()["celery_env"]
+    secret = "s3cr3t-diff-%s" % uuid.uuid4().hex[:12]
+    for extra in ({"TESTAPP_DIFF_SECRET": secret}, {}):
+        result = run_site({"celery_beat_host": SECOND, "celery_env": dict(env, **extra)}, diff=True)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        # Without a change there would be nothing to show, and nothing to check.
+        assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, output[-5000:]
+        for name in (FIRST, SECOND):
+            in_file = celery_host(name, "systemd").sh("grep -c %s /etc/testapp/celery.env || true" % secret).stdout.strip()
+            assert in_file == ("1" if extra else "0"), "%s: the env file does not hold the change" % name
+        for value in (secret, env["TESTAPP_SECRET"]):
+            assert value not in output, "a secret value is in the output of a site run with --diff:\n%s" % output[-5000:]

@@ -52,9 +52,12 @@ def whoami(host, release="v1"):
     return probe(host, "call", "whoami", "--queue", "host." + host, "--timeout", 60, release=release)["result"]
 
 
-def make_release(tmp_path, version, broken=False, archive=False):
+def make_release(tmp_path, version, broken=False, archive=False, broken_on=None, bad_requirement=False):
     """A copy of the test app whose tasks report `version`; with archive, a
-    .tar.gz of it with one top-level directory, as release tarballs have."""
+    .tar.gz of it with one top-level directory, as release tarballs have.
+    broken: the app fails to import; broken_on: only on that host;
+    bad_requirement: requirements.txt names a path that holds no package, so
+    pip fails (at once, without asking an index)."""
     dest = tmp_path / ("release-" + version)
     shutil.copytree(os.path.join(REPO, "tests", "testapp"), dest,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -62,6 +65,13 @@ def make_release(tmp_path, version, broken=False, archive=False):
     if broken:
         app = dest / "celery_testapp" / "app.py"
         app.write_text("import celery_testapp_module_that_does_not_exist  # noqa: F401\n" + app.read_text())
+    if broken_on:
+        app = dest / "celery_testapp" / "app.py"
+        app.write_text("import socket\nif socket.gethostname() == %r:\n"
+                       "    import celery_testapp_module_that_does_not_exist  # noqa: F401\n" % broken_on + app.read_text())
+    if bad_requirement:
+        with open(str(dest / "requirements.txt"), "a") as handle:
+            handle.write("./vendor/no-such-package\n")
     if archive:
         path = str(tmp_path / ("testapp-%s.tar.gz" % version))
         with tarfile.open(path, "w:gz") as tar:
@@ -70,8 +80,8 @@ def make_release(tmp_path, version, broken=False, archive=False):
     return str(dest)
 
 
-def playbook(name, limit=None, **extra_vars):
-    return run_site(extra_vars, playbook="celeryops.celery." + name, limit=limit)
+def playbook(name, limit=None, callback="ansible.builtin.default", **extra_vars):
+    return run_site(extra_vars, playbook="celeryops.celery." + name, limit=limit, callback=callback)
 
 
 def ok(result):
@@ -166,7 +176,10 @@ class Stream:
 
     def longest_pause(self, host=None):
         """Longest time between two completed tasks (of one host's queue)."""
-        return self._longest_gap([r["at"] for r in self.records if host is None or r["seq"] % len(self.queues) == HOSTS.index(host)])
+        if host is None:
+            return self._longest_gap([r["at"] for r in self.records])
+        turn = self.queues.index("host." + host)
+        return self._longest_gap([r["at"] for r in self.records if r["seq"] % len(self.queues) == turn])
 
     def versions(self):
         return sorted({r["version"] for r in self.records})

@@ -9,12 +9,15 @@ checks run in order: v1 (converge) -> v2 (overlap, rolling) -> back to v1
 v4 (broken: back to v3) -> bad input -> the site playbook changes nothing."""
 import concurrent.futures
 import json
+import os
 import time
 
 import pytest
+import yaml
 
 from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwds, beat_count,
                             handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
+from celery_checks import failed_tasks, json_report, recap
 
 RELEASES = {}
 
@@ -139,6 +142,15 @@ BAD_INPUT = {
     "unknown on_timeout": ({"celery_release_on_timeout": "wait"}, ["celery_release_on_timeout", "fail", "cold", "kill"]),
     "too few releases kept": ({"celery_releases_keep": 1}, ["celery_releases_keep", "2 or more"]),
     "virtualenv outside the release": ({"celery_venv": "/opt/venv"}, ["celery_venv", "/.venv"]),
+    "verify task without name": ({"celery_release_verify_task": {"args": [1]}},
+                                 ["celery_release_verify_task", "`name`"]),
+}
+# Rollbacks, on the same host: to a release that is not installed, and with
+# no previous release (its `previous` link moved aside for the run).
+BAD_ROLLBACK = {
+    "rollback to a release not installed": ({"celery_rollback_to": "v8"},
+                                            ["Release v8 (celery_rollback_to) is not installed", "v8/.venv/bin/celery"]),
+    "rollback with no previous release": ({}, ["There is no previous release", "celery_rollback_to"]),
 }
 
 
@@ -147,35 +159,60 @@ def bad_input_runs(tmp_path_factory):
     """Every bad-input case run against one host, three at a time (none may
     change anything, so they cannot disturb each other); then what changed."""
     host = HOSTS[2]
-    sh(host, "touch /root/.release-marker && sleep 1")
     src = make_release(tmp_path_factory.mktemp("bad-input"), "9")
+    saved = "/root/.release-previous-link"
+    sh(host, "mv %s/previous %s" % (ROOT, saved))
+    try:
+        sh(host, "touch /root/.release-marker && sleep 1")
+        assert sh(host, "test -f /root/.release-marker", check=False).returncode == 0, "the marker was not made"
 
-    def run(case):
-        variables = {"celery_release_src": src, "celery_release_id": "v9"}
-        variables.update(BAD_INPUT[case][0])
-        return case, playbook("release", limit=host, **variables)
+        def run(case):
+            if case in BAD_ROLLBACK:
+                variables = dict(BAD_ROLLBACK[case][0])
+                name = "rollback"
+                if case == "rollback to a release not installed":
+                    # Here a previous release must exist: the check looks for the named one.
+                    return case, None
+            else:
+                variables = {"celery_release_src": src, "celery_release_id": "v9"}
+                variables.update(BAD_INPUT[case][0])
+                name = "release"
+            return case, playbook(name, limit=host, callback="ansible.builtin.json", **variables)
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(pool.map(run, sorted(BAD_INPUT)))
-    changed = sh(host, "find /etc /srv /usr/local /var/lib/%s -newer /root/.release-marker "
-                       "-not -path '/var/lib/systemd/*' | head" % APP).stdout.strip()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            results = dict(pool.map(run, sorted(BAD_INPUT) + sorted(BAD_ROLLBACK)))
+        changed = sh(host, "find /etc /srv /usr/local /var/lib/%s -newer /root/.release-marker "
+                           "-not -path '/var/lib/systemd/*'" % APP).stdout.strip()
+    finally:
+        sh(host, "mv %s %s/previous" % (saved, ROOT))
+    # With the previous link back: a rollback to a release that is not installed.
+    sh(host, "touch /root/.release-marker && sleep 1")
+    results["rollback to a release not installed"] = playbook(
+        "rollback", limit=host, callback="ansible.builtin.json", **BAD_ROLLBACK["rollback to a release not installed"][0])
+    changed += sh(host, "find /etc /srv /usr/local /var/lib/%s -newer /root/.release-marker "
+                        "-not -path '/var/lib/systemd/*'" % APP).stdout.strip()
     return results, changed
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+@pytest.mark.parametrize("case", sorted(BAD_INPUT) + sorted(BAD_ROLLBACK))
 def test_bad_release_input_fails_before_any_change(case, bad_input_runs):
     results, changed = bad_input_runs
     result = results[case]
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
-    for text in BAD_INPUT[case][1]:
-        assert text in output, "%r not in the error:\n%s" % (text, output[-3000:])
+    expected = (BAD_INPUT.get(case) or BAD_ROLLBACK[case])[1]
+    assert result.returncode != 0, result.stdout[-3000:]
+    report = json_report(result)
+    messages = [msg for _task, _host, msg in failed_tasks(report)]
+    assert any(all(text in msg for text in expected) for msg in messages), \
+        "no failed task's message says all of %r:\n%s" % (expected, "\n".join(messages))
+    assert all(stats.get("changed", 0) == 0 for stats in report["stats"].values()), report["stats"]
     assert changed == "", "the failed runs changed %s" % changed
 
 
 def test_site_playbook_after_releases_changes_nothing():
     result = ok(run_site())
-    assert "changed=0" in result.stdout and "changed=1" not in result.stdout, result.stdout[-3000:]
+    hosts = recap(result.stdout)
+    assert sorted(hosts) == sorted(HOSTS), result.stdout[-3000:]
+    assert {h: v["changed"] for h, v in hosts.items()} == {h: 0 for h in HOSTS}, result.stdout[-3000:]
     released_everywhere("v3")
 
 
@@ -189,3 +226,45 @@ def test_old_releases_are_pruned_but_never_the_current_or_previous(tmp_path):
     assert sh(host, "ls %s/releases" % ROOT).stdout.split() == ["v3", "v5"]
     assert link(host, "current") == "%s/releases/v5" % ROOT and link(host, "previous") == "%s/releases/v3" % ROOT
     assert whoami(host, release="v5")["version"] == "5"
+
+
+def test_a_failed_install_removes_itself(tmp_path):
+    # pip fails on the release's requirements.txt: the play fails in the
+    # install, releases/v6 is gone, and the running release is untouched.
+    host = HOSTS[1]
+    current, version = link(host, "current"), whoami(host)["version"]
+    src = make_release(tmp_path, "6", bad_requirement=True)
+    result = playbook("release", limit=host, callback="ansible.builtin.json", celery_release_src=src, celery_release_id="v6")
+    assert result.returncode != 0, result.stdout[-3000:]
+    messages = [msg for _task, _host, msg in failed_tasks(json_report(result))]
+    assert any("Installing release v6 on %s failed" % host in msg and "the running release is unchanged" in msg
+               for msg in messages), messages
+    assert sh(host, "test -e %s/releases/v6" % ROOT, check=False).returncode != 0, "the failed install is left"
+    assert link(host, "current") == current and whoami(host)["version"] == version
+
+
+def batch_order():
+    """The hosts in the order the play takes them (the inventory's group order)."""
+    with open(os.environ["MOLECULE_INVENTORY_FILE"]) as handle:
+        order = list(yaml.safe_load(handle)["celery_workers"]["hosts"])
+    assert sorted(order) == sorted(HOSTS), order
+    return order
+
+
+def test_the_play_stops_when_more_than_max_fail_percentage_of_a_batch_failed(tmp_path):
+    # Batches of two (serial 2), celery_release_max_fail_percentage 0: the
+    # release fails on the first host only, not on its batch mate, and the
+    # play stops before the second batch (the third host). Without the limit
+    # Ansible would go on: a batch stops the play by itself only when all
+    # its hosts failed.
+    first, _mate, last = batch_order()
+    before = {host: link(host, "current") for host in HOSTS}
+    src = make_release(tmp_path, "7", broken_on=first)
+    result = playbook("release", callback="ansible.builtin.json", celery_release_src=src, celery_release_id="v7",
+                      celery_release_serial=2, celery_release_max_fail_percentage=0)
+    assert result.returncode != 0, result.stdout[-3000:]
+    failed = {host for _task, host, _msg in failed_tasks(json_report(result))}
+    assert failed == {first}, failed
+    assert link(first, "current") == before[first], "the failed host is not back on its release"
+    assert link(last, "current") == before[last], "the play went on to the next batch"
+    assert whoami(last)["version"] == before[last].rsplit("/v", 1)[1]

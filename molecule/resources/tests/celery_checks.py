@@ -2,21 +2,66 @@
 and its broker, and the site playbook run the way a user runs it."""
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
 
 
-def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None):
-    """ansible-playbook against the scenario's hosts; returns the CompletedProcess."""
+def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None,
+             callback="ansible.builtin.default", diff=False):
+    """ansible-playbook against the scenario's hosts; returns the CompletedProcess.
+    With callback="ansible.builtin.json", stdout is one JSON report (see failed_tasks)."""
     cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
            "-e", json.dumps(extra_vars or {})]
     if check:
         cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
     if limit:
         cmd += ["--limit", limit]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
+
+
+def json_report(result):
+    """The report of a run with the ansible.builtin.json callback (what other
+    callbacks print around it, e.g. profile_tasks, is left aside)."""
+    start = result.stdout.find("{")
+    assert start >= 0, "no JSON report (rc %d):\n%s\n%s" % (result.returncode, result.stdout[-3000:], result.stderr[-3000:])
+    return json.JSONDecoder().raw_decode(result.stdout[start:])[0]
+
+
+def failed_tasks(report):
+    """[(task name, host, message)] of every failed task in a JSON report; a
+    looped task's failed items each give their own message."""
+    failed = []
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            for host, res in task.get("hosts", {}).items():
+                if not (res.get("failed") or res.get("unreachable")):
+                    continue
+                messages = [str(res.get("msg", ""))]
+                messages += [str(item.get("msg", "")) for item in res.get("results", []) if item.get("failed")]
+                failed.append((task["task"]["name"], host, "\n".join(messages)))
+    return failed
+
+
+def recap(output):
+    """{host: {"ok": n, "changed": n, ...}} from the PLAY RECAP of a default-callback run."""
+    hosts = {}
+    for match in re.finditer(r"^(\S+)\s+: ((?:\w+=\d+\s*)+)$", output, re.M):
+        hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    return hosts
+
+
+def changed_hosts(output, task):
+    """Hosts a task reported changed on, in a default-callback run's output."""
+    hosts = set()
+    for block in output.split("\nTASK [")[1:]:
+        if block.startswith(task + "]"):
+            hosts.update(re.findall(r"^changed: \[([^\]]+)\]", block, re.M))
+    return hosts
 
 
 def wait(predicate, timeout, what, interval=0.5):
@@ -98,10 +143,21 @@ class CeleryHost:
         out = self.sh("ps -o pid= --ppid %d" % pid, check=False).stdout.split()
         return [int(p) for p in out]
 
-    def log_since(self, worker, since):
+    def log_file(self, worker):
+        return "/var/log/%s/worker-%s.log" % (self.app, worker)
+
+    def log_size(self, worker):
+        """Bytes in the worker's log file under supervisor (0 under systemd)."""
+        if self.manager == "systemd":
+            return 0
+        return int(self.sh("stat -c %%s %s" % self.log_file(worker)).stdout)
+
+    def log_since(self, worker, since, offset=0):
+        """The worker's log since a time (systemd's journal) or from a byte
+        offset of its log file (supervisor, see log_size)."""
         if self.manager == "systemd":
             return self.sh("journalctl -q -o cat -u %s --since=@%d" % (self.service(worker), since)).stdout
-        return self.sh("cat /var/log/%s/worker-%s.log" % (self.app, worker), check=False).stdout
+        return self.sh("tail -c +%d %s" % (offset + 1, self.log_file(worker))).stdout
 
     # -- Beat -------------------------------------------------------------
     def beat_pids(self):

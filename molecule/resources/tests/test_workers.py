@@ -71,54 +71,98 @@ def test_a_published_task_is_executed_on_this_host(celery):
     assert celery.probe("call", "add", "2", "3")["result"] == 5
 
 
+def held_task(celery, worker):
+    """Sends hold() and waits until it runs on the worker; returns its id, the
+    worker's pool processes at that moment and the file that releases it. The
+    task runs until that file exists, so it is in flight for as long as a
+    check needs, however slow the machine; it counts its deliveries, so a task
+    killed and delivered again (acks_late, reject_on_worker_lost) reports
+    attempt 2."""
+    node = celery.node(worker)
+    celery.wait_for(lambda: celery.ping(node), 60, "ping of %s" % node)
+    release = "/var/lib/%s/release-%s" % (celery.app, uuid.uuid4().hex)
+    task_id = celery.probe("send", "hold", release)
+    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 120, "the task to start on %s" % node)
+    pool = celery.children(celery.main_pid(worker))
+    assert pool, "no pool process under %s" % celery.main_pid(worker)
+    return task_id, pool, release
+
+
+def stop_while_held(celery, worker, stop, release, since, offset):
+    """Runs stop() (a restart, a stop of the manager) while the held task runs,
+    and releases the task only once the worker's warm shutdown has begun and
+    stop() is still waiting for it. Returns when stop() returned."""
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        stopping = background.submit(stop)
+        celery.wait_for(lambda: stopping.done() or "Warm shutdown" in celery.log_since(worker, since, offset=offset), 300,
+                        "the warm shutdown of %s to begin" % celery.node(worker), interval=1)
+        time.sleep(2)
+        assert not stopping.done(), "the stop returned while the task was still running: %s" % (stopping.result(),)
+        celery.sh("touch %s && chmod 0644 %s" % (release, release))
+        stopping.result(timeout=300)
+    celery.sh("rm -f %s" % release)
+
+
+def assert_ran_once_on(celery, task_id, pool):
+    """The task succeeded on its first delivery, released, in one of the old pool processes."""
+    result = celery.probe("wait", task_id, "--timeout", "120")
+    assert result["state"] == "SUCCESS", result
+    done = result["result"]
+    assert done["attempt"] == 1, "the task was delivered %d times: it was killed and redelivered" % done["attempt"]
+    assert done["released"], "the task ended before it was released: %s" % done
+    assert done["pid"] in pool, "the task ran in %d, not in a pool process of the old worker %s" % (done["pid"], pool)
+
+
 def test_a_task_in_flight_survives_a_restart(celery):
     # The task runs until the test releases it, which it does only once the
     # restart is under way and still waiting: however slow the machine, the
     # task is in flight through the warm shutdown.
     worker = celery.workers[0]
     node = celery.node(worker)
-    celery.wait_for(lambda: celery.ping(node), 60, "ping of %s" % node)
     since = int(celery.sh("date +%s").stdout)
-    shutdowns = celery.log_since(worker, since).count("Warm shutdown")
-    release = "/var/lib/%s/restart-release-%s" % (celery.app, uuid.uuid4().hex)
-    task_id = celery.probe("send", "hold", release)
-    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 60, "the task to start on %s" % node)
+    log_offset = celery.log_size(worker)
+    task_id, pool, release = held_task(celery, worker)
     old_pid = celery.main_pid(worker)
-    pool_pids = celery.children(old_pid)
-    with concurrent.futures.ThreadPoolExecutor(1) as background:
-        restart = background.submit(celery.restart, worker)
-        celery.wait_for(lambda: celery.log_since(worker, since).count("Warm shutdown") > shutdowns, 120,
-                        "the warm shutdown of %s to begin" % node)
-        time.sleep(2)
-        assert not restart.done(), "the restart returned while the task was still running: %s" % restart.result()
-        celery.sh("touch %s && chmod 0644 %s" % (release, release))
-        restart.result(timeout=300)
-    celery.sh("rm -f %s" % release)
-    result = celery.probe("wait", task_id, "--timeout", "60")
-    assert result["state"] == "SUCCESS", result
+    stop_while_held(celery, worker, lambda: celery.restart(worker), release, since, log_offset)
     # It ran to its end in the process it started in, once: not killed and
     # delivered again (acks_late and reject_on_worker_lost would hide that).
-    assert result["result"]["released"] and result["result"]["attempt"] == 1, result
-    assert result["result"]["pid"] in pool_pids, result
+    assert_ran_once_on(celery, task_id, pool)
     assert celery.main_pid(worker) not in (0, old_pid)
-    log = celery.log_since(worker, since)
+    log = celery.log_since(worker, since, offset=log_offset)
     assert "WorkerLostError" not in log
     assert "SIGTERM" not in log, log
     assert celery.wait_for(lambda: celery.ping(node), 60, "ping after restart")
 
 
+def start_up_seconds(celery, worker):
+    """A clean stop and start of the worker, timed until it answers ping: the
+    baseline the SIGKILL bound is measured against on this machine, now."""
+    node = celery.node(worker)
+    manager = "systemctl" if celery.manager == "systemd" else "supervisorctl"
+    celery.sh("%s stop %s" % (manager, celery.service(worker)))
+    started = time.monotonic()
+    celery.sh("%s start %s" % (manager, celery.service(worker)))
+    celery.wait_for(lambda: celery.ping(node), 300, "ping of %s after its start" % node)
+    return time.monotonic() - started
+
+
 def test_a_worker_killed_with_sigkill_comes_back(celery):
     worker = celery.workers[0]
     node = celery.node(worker)
+    baseline = start_up_seconds(celery, worker)
     old_pid = celery.main_pid(worker)
     old_children = celery.children(old_pid)
     celery.sh("kill -KILL %d" % old_pid)
     started = time.monotonic()
-    new_pid = celery.wait_for(lambda: celery.main_pid(worker) not in (0, old_pid) and celery.main_pid(worker), 30, "a new main process")
-    assert celery.wait_for(lambda: celery.ping(node, timeout=2), 40, "ping after SIGKILL")
+    new_pid = celery.wait_for(lambda: celery.main_pid(worker) not in (0, old_pid) and celery.main_pid(worker), 120, "a new main process")
+    assert celery.wait_for(lambda: celery.ping(node), 300, "ping after SIGKILL")
     took = time.monotonic() - started
-    # RestartSec (2 s in the scenarios) plus start-up.
-    assert took < 45, "the worker took %.1fs to come back" % took
+    # RestartSec (2 s in the scenarios; supervisor restarts at once) plus the
+    # worker's start-up as just measured on this machine, with room for one
+    # missed ping.
+    bound = 2 + 2 * baseline + 10
+    assert took <= bound, "the worker took %.1fs to come back; bound %.1fs (start-up %.1fs)" % (took, bound, baseline)
+    print("%s: back and answering %.1fs after SIGKILL (a clean start takes %.1fs here)" % (node, took, baseline))
     alive = [p for p in old_children if celery.host.run("kill -0 %d" % p).rc == 0 and p not in celery.children(new_pid)]
     assert not alive, "children of the killed worker are still running: %s" % alive
 
@@ -171,8 +215,30 @@ def test_the_manager_itself_stops_workers_warm_and_units_are_sandboxed(celery):
             score = float(line.split(":")[1].split()[0])
             assert score <= 1.5, line
     else:
-        # Stopping supervisord (shutdown, upgrade) must stop the workers warm too.
         kill_mode = celery.sh("systemctl show -p KillMode --value supervisor.service").stdout.strip()
         assert kill_mode == "mixed", "supervisor.service has KillMode=%s" % kill_mode
         conf = celery.host.file("/etc/supervisor/conf.d/%s.conf" % celery.app).content_string
         assert "stopasgroup=false" in conf and "killasgroup=true" in conf
+        stop_supervisord_with_a_task_in_flight(celery)
+
+
+def stop_supervisord_with_a_task_in_flight(celery):
+    """Stopping supervisord (shutdown, upgrade) with a task in flight: the
+    stop waits for the task, which finishes on its first delivery in the old
+    pool; then supervisord starts again and its workers run tasks."""
+    worker = celery.workers[0]
+    log_offset = celery.log_size(worker)
+    task_id, pool, release = held_task(celery, worker)
+    try:
+        stop_while_held(celery, worker, lambda: celery.sh("systemctl stop supervisor.service"), release, 0, log_offset)
+        assert [p for p in pool if celery.host.run("kill -0 %d" % p).rc == 0] == [], "pool processes outlived supervisord"
+        assert_ran_once_on(celery, task_id, pool)
+        log = celery.log_since(worker, 0, offset=log_offset)
+        assert "WorkerLostError" not in log, log[-3000:]
+    finally:
+        celery.sh("systemctl start supervisor.service")
+    for name in celery.workers:
+        assert celery.wait_for(lambda name=name: "RUNNING" in celery.sh("supervisorctl status %s" % celery.service(name), check=False).stdout,
+                               60, "%s to run again" % name, interval=1)
+        assert celery.wait_for(lambda name=name: celery.ping(celery.node(name), timeout=2), 60, "ping of %s" % celery.node(name))
+    assert celery.probe("call", "add", "2", "3", "--timeout", "60")["result"] == 5
