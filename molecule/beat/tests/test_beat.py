@@ -3,6 +3,7 @@ interval, moved with celery_beat_host without ever running twice, and a
 switch of process manager keeps one set of workers and loses no task.
 
 The checks run in order and re-run the site playbook the way a user would."""
+import concurrent.futures
 import json
 import os
 import sys
@@ -38,10 +39,15 @@ def converge(**extra_vars):
 
 
 def count_ticks(celery, seconds):
-    """Executed ticks over a window, with the gaps between them."""
+    """Ticks executed over a window of `seconds`, with the gaps between them.
+    The window is taken on the clock the ticks are stamped with (the hosts
+    share the machine's clock), from after the clearing to before the reading,
+    so that slow probe calls on a loaded machine do not widen it."""
     celery.probe("clear-ticks")
+    start = time.time()
     time.sleep(seconds)
-    ticks = sorted(t["at"] for t in celery.probe("ticks"))
+    end = time.time()
+    ticks = sorted(t["at"] for t in celery.probe("ticks") if start <= t["at"] < end)
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     return ticks, gaps
 
@@ -137,17 +143,32 @@ def worker_main_processes(celery):
 
 @pytest.mark.parametrize("old, new", [("systemd", "supervisor"), ("supervisor", "systemd")])
 def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new):
+    # The task runs until the test releases it, which it does once the old
+    # manager's worker has begun its warm shutdown and the play waits for it:
+    # in flight through the switch, however slow the machine.
     first = celery_host(FIRST, old)
-    task_id = first.probe("send", "sleep", "8")
-    first.wait_for(lambda: any(t["id"] == task_id for name in (FIRST, SECOND)
-                               for t in celery_host(name, old).active(celery_host(name, old).node("default"))),
-                   20, "the long task to start")
+    release = "/var/lib/testapp/switch-release-%s" % uuid.uuid4().hex
+    task_id = first.probe("send", "hold", release)
+    runner = first.wait_for(lambda: next((name for name in (FIRST, SECOND) if any(
+        t["id"] == task_id for t in celery_host(name, old).active(celery_host(name, old).node("default")))), None),
+        120, "the held task to start")
+    holder = celery_host(runner, old)
+    since, offset = int(holder.sh("date +%s").stdout), holder.log_size("default")
     with BeatWatch(new) as watch:
-        converge(celery_beat_host=SECOND, celery_process_manager=new)
+        with concurrent.futures.ThreadPoolExecutor(1) as background:
+            play = background.submit(converge, celery_beat_host=SECOND, celery_process_manager=new)
+            holder.wait_for(lambda: play.done() or "Warm shutdown" in holder.log_since("default", since, offset=offset), 1800,
+                            "the old worker on %s to begin its warm shutdown" % runner, interval=2)
+            assert not play.done(), "the switch ended without a warm shutdown of the worker running the task: %s" % (play.result(),)
+            time.sleep(2)
+            assert not play.done(), "the switch did not wait for the task in flight"
+            holder.sh("touch %s && chmod 0644 %s" % (release, release))
+            play.result(timeout=1800)
+    holder.sh("rm -f %s" % release)
     watch.assert_sampled()
     assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
-    result = first.probe("wait", task_id, "--timeout", "60")
-    assert result["state"] == "SUCCESS" and result["result"]["slept"] >= 8, result
+    result = first.probe("wait", task_id, "--timeout", "120")
+    assert result["state"] == "SUCCESS" and result["result"]["released"] and result["result"]["attempt"] == 1, result
 
     for name, celery in hosts(new).items():
         assert len(worker_main_processes(celery)) == 1, "%s runs %s worker main processes" % (name, worker_main_processes(celery))
@@ -158,7 +179,7 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
             assert programs
         else:
             assert "testapp-worker-default.service" in units and not programs
-        assert celery.wait_for(lambda: celery.ping(celery.node("default"), timeout=2), 30, "ping on %s" % name)
+        assert celery.wait_for(lambda: celery.ping(celery.node("default")), 120, "ping on %s" % name)
         log = celery.sh("journalctl -q -o cat --no-pager; cat /var/log/testapp/*.log 2>/dev/null || true").stdout
         assert "WorkerLostError" not in log
     assert beat_hosts(new) == [SECOND]

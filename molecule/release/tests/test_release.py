@@ -20,6 +20,26 @@ from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwd
 from celery_checks import failed_tasks, json_report, recap
 
 RELEASES = {}
+# How much longer than with nothing switching a host's own queue may pause
+# during a switch.
+PAUSE_OVER_QUIET = 1.0
+
+
+@pytest.fixture(scope="module")
+def quiet_pause():
+    """The longest pause of each host's own queue under the same stream with
+    nothing switching, measured on this machine in this run: what the stream
+    itself costs here (a loaded machine publishes and consumes unevenly)."""
+    with Stream() as stream:
+        time.sleep(10)
+    return {host: stream.longest_pause(host) for host in HOSTS}
+
+
+def assert_no_pause(stream, quiet_pause):
+    for host in HOSTS:
+        bound = quiet_pause[host] + PAUSE_OVER_QUIET
+        assert stream.longest_pause(host) <= bound, "%s: pause %.2fs, bound %.2fs (%.2fs with nothing switching): %s" % (
+            host, stream.longest_pause(host), bound, quiet_pause[host], stream.summary())
 
 
 def released_everywhere(release):
@@ -47,7 +67,7 @@ def test_workers_cannot_write_the_release_or_its_virtualenv():
         assert proc.returncode == 0, "%s: the worker user cannot write its state dir: %s" % (host, proc.stderr)
 
 
-def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path):
+def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, quiet_pause):
     src = make_release(tmp_path, "2")
     long_task = probe(HOSTS[0], "send", "sleep", 10, "--queue", "host." + HOSTS[0])
     start = time.time()
@@ -62,8 +82,7 @@ def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path):
     assert stream.published >= 200
     assert stream.lost() == [] and stream.duplicated() == [], stream.summary()
     # Each host's own queue is consumed without a pause, during its switch too.
-    for host in HOSTS:
-        assert stream.longest_pause(host) <= 1.0, stream.summary()
+    assert_no_pause(stream, quiet_pause)
     assert stream.versions() == ["1", "2"]
     assert max(stream.beat_samples) == 1, "two Beats at once: %s" % stream.summary()
     # The long task was in flight on the first host and finished on the old code.
@@ -78,13 +97,12 @@ def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path):
     assert sorted((r["hostname"], r["version"]) for r in verified) == sorted((h, "2") for h in HOSTS), verified
 
 
-def test_rollback_brings_the_previous_release_back_the_same_way():
+def test_rollback_brings_the_previous_release_back_the_same_way(quiet_pause):
     with Stream() as stream:
         ok(playbook("rollback"))
     print(json.dumps(stream.summary()))
     assert stream.lost() == [] and stream.duplicated() == [], stream.summary()
-    for host in HOSTS:
-        assert stream.longest_pause(host) <= 1.0, stream.summary()
+    assert_no_pause(stream, quiet_pause)
     released_everywhere("v1")
     for host in HOSTS:
         # The release left is kept, as the previous one.
