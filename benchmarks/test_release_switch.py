@@ -209,6 +209,18 @@ ENGINE = ("import os, subprocess, sys\n"
           "engine.run(sys.argv[1:])\n")
 
 
+def _timed(host, command):
+    """Milliseconds from just before `command` (UNIT standing for a fresh
+    slow-exit unit) starts on the host to just after it returns, minus the
+    1.5 s the unit's process takes to exit: how late the command noticed the
+    exit. Timed on the host with one clock for every row."""
+    unit = _start_slow_exit(host)
+    out = sh(host, "s=$(date +%%s.%%N); %s; e=$(date +%%s.%%N); echo \"$s $e\"" % command.replace("UNIT", unit),
+             timeout=120).stdout.split()
+    start, end = float(out[-2]), float(out[-1])
+    return (end - start - EXIT_AFTER) * 1000
+
+
 def _install_engine(host):
     with open(MODULE_UTILS) as handle:
         subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "mkdir -p /tmp/bench && cat > /tmp/bench/warm_shutdown.py"],

@@ -34,7 +34,9 @@ def json_report(result):
 
 def failed_tasks(report):
     """[(task name, host, message)] of every failed task in a JSON report; a
-    looped task's failed items each give their own message."""
+    looped task's failed items each give their own message (ansible-core 2.21
+    no longer marks a failed item `failed`: it carries the exception, and an
+    assertion its `evaluated_to`)."""
     failed = []
     for play in report.get("plays", []):
         for task in play.get("tasks", []):
@@ -42,7 +44,8 @@ def failed_tasks(report):
                 if not (res.get("failed") or res.get("unreachable")):
                     continue
                 messages = [str(res.get("msg", ""))]
-                messages += [str(item.get("msg", "")) for item in res.get("results", []) if item.get("failed")]
+                messages += [str(item.get("msg", "")) for item in res.get("results", [])
+                             if item.get("failed") or "exception" in item or item.get("evaluated_to") is False]
                 failed.append((task["task"]["name"], host, "\n".join(messages)))
     return failed
 
