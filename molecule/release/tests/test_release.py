@@ -126,7 +126,11 @@ def test_restart_strategy_with_cold_shutdown_loses_nothing(tmp_path):
                     celery_release_serial=3, celery_release_stop_timeout=2, celery_release_on_timeout="cold",
                     celery_release_cold_timeout=5, celery_release_archive_extra_opts=["--strip-components=1"]))
     print(json.dumps(stream.summary()))
-    assert stream.lost() == [] and stream.duplicated() == [], stream.summary()
+    # A cold shutdown is at-least-once: a short task that ran but was not yet
+    # acknowledged when the cold stop came is delivered again (seen once: one
+    # record of 2284 ran twice). Nothing may be lost; the warm strategies
+    # above must also run nothing twice.
+    assert stream.lost() == [], stream.summary()
     done = probe(host, "wait", long_task, "--timeout", 120)
     assert done["state"] == "SUCCESS", done
     assert done["result"]["attempt"] == 2, "the task was not delivered twice: %s" % done
