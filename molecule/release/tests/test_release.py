@@ -15,9 +15,9 @@ import time
 import pytest
 import yaml
 
-from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwds, beat_count,
-                            handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
-from celery_checks import failed_tasks, json_report, recap
+from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwds, beat_count, handover_left,
+                            in_release, link, make_release, ok, playbook, probe, run_site, sh, whoami)
+from celery_checks import failed_tasks, json_report, recap, wait
 
 RELEASES = {}
 # How much longer than with nothing switching a host's own queue may pause
@@ -67,16 +67,42 @@ def test_workers_cannot_write_the_release_or_its_virtualenv():
         assert proc.returncode == 0, "%s: the worker user cannot write its state dir: %s" % (host, proc.stderr)
 
 
+def active_ids(host, node):
+    """Ids of the tasks the node runs now (empty when it does not answer)."""
+    proc = sh(host, in_release("v1", "-m celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node),
+              check=False)
+    if proc.returncode != 0:
+        return []
+    return [task["id"] for task in json.loads(proc.stdout.strip().splitlines()[-1]).get(node, [])]
+
+
 def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, quiet_pause):
     src = make_release(tmp_path, "2")
-    long_task = probe(HOSTS[0], "send", "sleep", 10, "--queue", "host." + HOSTS[0])
+    # A task that runs until the test releases it, in flight on the first
+    # host's old workers; released only once that host has switched its links
+    # to v2 and the play waits on the old workers' drain.
+    host, node = HOSTS[0], "default@" + HOSTS[0]
+    release_file = "/var/lib/%s/release-overlap" % APP
+    sh(host, "rm -f %s" % release_file)
+    held = probe(host, "send", "hold", release_file, "--queue", "host." + host)
+    wait(lambda: held in active_ids(host, node), 120, "the held task to start on %s" % node)
     start = time.time()
-    with Stream() as stream:
+    with Stream() as stream, concurrent.futures.ThreadPoolExecutor(1) as background:
         # A real task, on each host's own queue, must succeed after its switch.
-        result = ok(playbook("release", celery_release_src=src, celery_release_id="v2",
-                             celery_release_verify_task={"name": "celery_testapp.app.record",
-                                                         "args": [0, "celery_testapp:verify"],
-                                                         "queue": "host.{{ inventory_hostname }}", "timeout": 60}))
+        releasing = background.submit(playbook, "release", celery_release_src=src, celery_release_id="v2",
+                                      celery_release_verify_task={"name": "celery_testapp.app.record",
+                                                                  "args": [0, "celery_testapp:verify"],
+                                                                  "queue": "host.{{ inventory_hostname }}",
+                                                                  "timeout": 60})
+        wait(lambda: releasing.done() or link(host, "current") == "%s/releases/v2" % ROOT, 900,
+             "the links of %s to switch to v2" % host, interval=0.5)
+        switched = time.time()
+        time.sleep(2)
+        assert not releasing.done(), "the release ended while the held task was still running: %s" % (
+            (releasing.result().stdout + releasing.result().stderr)[-3000:])
+        sh(host, "touch %s && chmod 0644 %s" % (release_file, release_file))
+        result = ok(releasing.result(timeout=900))
+    sh(host, "rm -f %s" % release_file)
     RELEASES["v2"] = {"wall": round(time.time() - start, 1), "stream": stream.summary()}
     print(json.dumps(RELEASES["v2"]))
     assert stream.published >= 200
@@ -85,12 +111,16 @@ def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, 
     assert_no_pause(stream, quiet_pause)
     assert stream.versions() == ["1", "2"]
     assert max(stream.beat_samples) == 1, "two Beats at once: %s" % stream.summary()
-    # The long task was in flight on the first host and finished on the old code.
-    done = probe(HOSTS[0], "wait", long_task, "--timeout", 120)
-    assert done["state"] == "SUCCESS" and done["result"]["version"] == "1" and done["result"]["slept"] >= 10
+    # The held task ran through the first host's switch on the old code, once,
+    # to its end: not killed and delivered again to the new release.
+    done = probe(host, "wait", held, "--timeout", 120)
+    assert done["state"] == "SUCCESS", done
+    ran = done["result"]
+    assert ran["attempt"] == 1 and ran["released"] and ran["version"] == "1", ran
+    assert ran["started"] < switched < ran["finished"], "the task was not in flight at the switch: %s" % ran
     released_everywhere("v2")
-    for host in HOSTS:
-        assert link(host, "previous") == "%s/releases/v1" % ROOT
+    for each in HOSTS:
+        assert link(each, "previous") == "%s/releases/v1" % ROOT
     # The env file's values never reach Ansible's output.
     assert "PLAY RECAP" in result.stdout and "s3cr3t-value-must-not-leak" not in result.stdout + result.stderr
     verified = probe(HOSTS[0], "records", "--key", "celery_testapp:verify")
