@@ -3,7 +3,6 @@ interval, moved with celery_beat_host without ever running twice, and a
 switch of process manager keeps one set of workers and loses no task.
 
 The checks run in order and re-run the site playbook the way a user would."""
-import concurrent.futures
 import json
 import os
 import sys
@@ -17,7 +16,8 @@ import yaml
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
 
-from celery_checks import CeleryHost, changed_hosts, failed_tasks, json_report, run_site  # noqa: E402
+from celery_checks import (CeleryHost, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,  # noqa: E402
+                           run_site, while_held)
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
 INTERVAL = 2.0
@@ -155,20 +155,13 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
     holder = celery_host(runner, old)
     since, offset = int(holder.sh("date +%s").stdout), holder.log_size("default")
     with BeatWatch(new) as watch:
-        with concurrent.futures.ThreadPoolExecutor(1) as background:
-            play = background.submit(converge, celery_beat_host=SECOND, celery_process_manager=new)
-            holder.wait_for(lambda: play.done() or "Warm shutdown" in holder.log_since("default", since, offset=offset), 1800,
-                            "the old worker on %s to begin its warm shutdown" % runner, interval=2)
-            assert not play.done(), "the switch ended without a warm shutdown of the worker running the task: %s" % (play.result(),)
-            time.sleep(2)
-            assert not play.done(), "the switch did not wait for the task in flight"
-            holder.sh("touch %s && chmod 0644 %s" % (release, release))
-            play.result(timeout=1800)
+        while_held(lambda: converge(celery_beat_host=SECOND, celery_process_manager=new),
+                   lambda: "Warm shutdown" in holder.log_since("default", since, offset=offset),
+                   lambda: holder.release(release), "the old worker on %s to begin its warm shutdown" % runner)
     holder.sh("rm -f %s" % release)
     watch.assert_sampled()
     assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
-    result = first.probe("wait", task_id, "--timeout", "120")
-    assert result["state"] == "SUCCESS" and result["result"]["released"] and result["result"]["attempt"] == 1, result
+    assert_held_task_ran_once(first.probe("wait", task_id, "--timeout", "120"))
 
     for name, celery in hosts(new).items():
         assert len(worker_main_processes(celery)) == 1, "%s runs %s worker main processes" % (name, worker_main_processes(celery))

@@ -199,7 +199,7 @@ def test_a_pool_process_killed_with_sigkill_is_replaced_while_its_sibling_finish
             return len(kids) == 2 and busy in kids and victim not in kids and kids
         kids = wait(replaced, 60, "a new pool process on %s" % name)
         assert [t["id"] for t in celery.active(celery.node("default"))] == [task[name]], "%s: the task is no longer in flight" % name
-        celery.sh("touch %s && chmod 0644 %s" % (release_file, release_file))
+        celery.release(release_file)
         state, value = results(celery, [task[name]], 60)[task[name]]
         celery.sh("rm -f %s" % release_file)
         assert state == "SUCCESS" and value["released"] and value["attempt"] == 1, (name, state, value)
@@ -382,7 +382,7 @@ def outage(hosts):
                  "the default worker on %s to see the connection drop" % name)
         seen["lost_seen"] = time.monotonic() - stopped
         for celery in hosts.values():
-            celery.sh("touch %s && chmod 0644 %s" % (release_file, release_file))
+            celery.release(release_file)
         released = time.monotonic()
         time.sleep(max(0, 15 - (time.monotonic() - started)))
         for name, celery in hosts.items():
@@ -488,16 +488,6 @@ def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_comes_up_wit
         assert result["state"] == "SUCCESS" and result["result"]["pid"] in celery.children(pid), result
 
 
-def start_up_seconds(celery, worker):
-    """How long the worker takes here, now, from a start to its first answer
-    to ping: the baseline a reboot's bound is measured against."""
-    control(celery, "stop", worker)
-    started = time.monotonic()
-    control(celery, "start", worker)
-    wait(lambda: pong(celery, celery.node(worker)), 120, "%s to answer after its start" % celery.node(worker))
-    return time.monotonic() - started
-
-
 def reboot(names):
     """A clean reboot of the containers: SIGRTMIN+3 asks systemd, PID 1, for a
     shutdown as `reboot` does; the containers then start again. Returns when
@@ -524,7 +514,7 @@ def beat_ticks_again(celery, booted):
 
 def test_after_a_reboot_every_worker_and_beat_are_back_by_themselves(hosts):
     names = sorted(hosts)
-    baseline = {name: start_up_seconds(celery, "default") for name, celery in hosts.items()}
+    baseline = {name: celery.start_up_seconds("default") for name, celery in hosts.items()}
     for celery in hosts.values():
         # /run is a tmpfs: a marker in the run directory must be gone after the
         # reboot, the directory itself back (tmpfiles.d).

@@ -1,11 +1,13 @@
 """What the scenarios' checks share: a host seen through its process manager
 and its broker, and the site playbook run the way a user runs it."""
+import concurrent.futures
 import json
 import os
 import re
 import shlex
 import subprocess
 import time
+import uuid
 
 
 def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None,
@@ -78,6 +80,43 @@ def wait(predicate, timeout, what, interval=0.5):
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
+def while_held(action, begun, release, what, timeout=1800):
+    """Runs action() (a restart, a stop, a play) in the background while a
+    held task runs (the test app's hold(): it runs until its release file
+    exists), and releases the task only once begun() is true (e.g. the
+    worker's warm shutdown has begun) and action() still waits for it: however
+    slow the machine, the task is in flight through what action() does.
+    release() creates the release file. Returns what action() returned."""
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        running = background.submit(action)
+        wait(lambda: running.done() or begun(), timeout, what, interval=1)
+        assert not running.done(), "it ended before %s: %s" % (what, _tail(running.result()))
+        time.sleep(2)
+        assert not running.done(), "it did not wait for the task in flight: %s" % (_tail(running.result()),)
+        release()
+        return running.result(timeout=timeout)
+
+
+def _tail(result):
+    if hasattr(result, "stdout") and isinstance(result.stdout, str):
+        return (result.stdout + (result.stderr or ""))[-4000:]
+    return result
+
+
+def assert_held_task_ran_once(result, pool=None):
+    """A held task's result (the probe's `wait`): it succeeded on its first
+    delivery, after it was released, in one of the pool processes it was
+    seen in; not killed and delivered again (acks_late and
+    reject_on_worker_lost would hide that behind a SUCCESS)."""
+    assert result["state"] == "SUCCESS", result
+    done = result["result"]
+    assert done["attempt"] == 1, "the task was delivered %d times: it was killed and redelivered" % done["attempt"]
+    assert done["released"], "the task ended before it was released: %s" % done
+    if pool is not None:
+        assert done["pid"] in pool, "the task ran in %d, not in a pool process of the old worker %s" % (done["pid"], pool)
+    return done
+
+
 class CeleryHost:
     """One provisioned host, seen through its process manager and its broker."""
 
@@ -120,6 +159,35 @@ class CeleryHost:
     @staticmethod
     def wait_for(predicate, timeout, what, interval=0.5):
         return wait(predicate, timeout, what, interval)
+
+    # -- a task held in flight (see while_held) ---------------------------
+    def hold(self, worker, timeout=120):
+        """Sends hold() to this host and waits until the worker runs it.
+        Returns (task id, the worker's pool processes at that moment, the
+        file that releases it)."""
+        node = self.node(worker)
+        wait(lambda: self.ping(node), 60, "ping of %s" % node)
+        release = "/var/lib/%s/release-%s" % (self.app, uuid.uuid4().hex)
+        task_id = self.probe("send", "hold", release)
+        wait(lambda: any(t["id"] == task_id for t in self.active(node)), timeout, "the held task to start on %s" % node)
+        pool = self.children(self.main_pid(worker))
+        assert pool, "no pool process under %s" % self.main_pid(worker)
+        return task_id, pool, release
+
+    def release(self, release_file):
+        self.sh("touch %s && chmod 0644 %s" % (release_file, release_file))
+
+    def start_up_seconds(self, worker):
+        """A clean stop and start of the worker through its manager, timed
+        until it answers ping: the baseline that the bounds of a SIGKILL's or
+        a reboot's recovery are measured against, on this machine, now."""
+        manager = "systemctl" if self.manager == "systemd" else "supervisorctl"
+        node = self.node(worker)
+        self.sh("timeout 120 %s stop %s" % (manager, self.service(worker)))
+        started = time.monotonic()
+        self.sh("timeout 120 %s start %s" % (manager, self.service(worker)))
+        wait(lambda: self.ping(node), 300, "ping of %s after its start" % node)
+        return time.monotonic() - started
 
     # -- the process manager --------------------------------------------
     def service(self, worker):

@@ -1,7 +1,7 @@
 """What a user of the collection sees on every provisioned worker host."""
-import concurrent.futures
 import time
-import uuid
+
+from celery_checks import assert_held_task_ran_once, while_held
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -71,48 +71,6 @@ def test_a_published_task_is_executed_on_this_host(celery):
     assert celery.probe("call", "add", "2", "3")["result"] == 5
 
 
-def held_task(celery, worker):
-    """Sends hold() and waits until it runs on the worker; returns its id, the
-    worker's pool processes at that moment and the file that releases it. The
-    task runs until that file exists, so it is in flight for as long as a
-    check needs, however slow the machine; it counts its deliveries, so a task
-    killed and delivered again (acks_late, reject_on_worker_lost) reports
-    attempt 2."""
-    node = celery.node(worker)
-    celery.wait_for(lambda: celery.ping(node), 60, "ping of %s" % node)
-    release = "/var/lib/%s/release-%s" % (celery.app, uuid.uuid4().hex)
-    task_id = celery.probe("send", "hold", release)
-    celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(node)), 120, "the task to start on %s" % node)
-    pool = celery.children(celery.main_pid(worker))
-    assert pool, "no pool process under %s" % celery.main_pid(worker)
-    return task_id, pool, release
-
-
-def stop_while_held(celery, worker, stop, release, since, offset):
-    """Runs stop() (a restart, a stop of the manager) while the held task runs,
-    and releases the task only once the worker's warm shutdown has begun and
-    stop() is still waiting for it. Returns when stop() returned."""
-    with concurrent.futures.ThreadPoolExecutor(1) as background:
-        stopping = background.submit(stop)
-        celery.wait_for(lambda: stopping.done() or "Warm shutdown" in celery.log_since(worker, since, offset=offset), 300,
-                        "the warm shutdown of %s to begin" % celery.node(worker), interval=1)
-        time.sleep(2)
-        assert not stopping.done(), "the stop returned while the task was still running: %s" % (stopping.result(),)
-        celery.sh("touch %s && chmod 0644 %s" % (release, release))
-        stopping.result(timeout=300)
-    celery.sh("rm -f %s" % release)
-
-
-def assert_ran_once_on(celery, task_id, pool):
-    """The task succeeded on its first delivery, released, in one of the old pool processes."""
-    result = celery.probe("wait", task_id, "--timeout", "120")
-    assert result["state"] == "SUCCESS", result
-    done = result["result"]
-    assert done["attempt"] == 1, "the task was delivered %d times: it was killed and redelivered" % done["attempt"]
-    assert done["released"], "the task ended before it was released: %s" % done
-    assert done["pid"] in pool, "the task ran in %d, not in a pool process of the old worker %s" % (done["pid"], pool)
-
-
 def test_a_task_in_flight_survives_a_restart(celery):
     # The task runs until the test releases it, which it does only once the
     # restart is under way and still waiting: however slow the machine, the
@@ -121,12 +79,15 @@ def test_a_task_in_flight_survives_a_restart(celery):
     node = celery.node(worker)
     since = int(celery.sh("date +%s").stdout)
     log_offset = celery.log_size(worker)
-    task_id, pool, release = held_task(celery, worker)
+    task_id, pool, release = celery.hold(worker)
     old_pid = celery.main_pid(worker)
-    stop_while_held(celery, worker, lambda: celery.restart(worker), release, since, log_offset)
+    while_held(lambda: celery.restart(worker),
+               lambda: "Warm shutdown" in celery.log_since(worker, since, offset=log_offset),
+               lambda: celery.release(release), "the warm shutdown of %s to begin" % node, timeout=300)
+    celery.sh("rm -f %s" % release)
     # It ran to its end in the process it started in, once: not killed and
     # delivered again (acks_late and reject_on_worker_lost would hide that).
-    assert_ran_once_on(celery, task_id, pool)
+    assert_held_task_ran_once(celery.probe("wait", task_id, "--timeout", "120"), pool)
     assert celery.main_pid(worker) not in (0, old_pid)
     log = celery.log_since(worker, since, offset=log_offset)
     assert "WorkerLostError" not in log
@@ -134,22 +95,10 @@ def test_a_task_in_flight_survives_a_restart(celery):
     assert celery.wait_for(lambda: celery.ping(node), 60, "ping after restart")
 
 
-def start_up_seconds(celery, worker):
-    """A clean stop and start of the worker, timed until it answers ping: the
-    baseline the SIGKILL bound is measured against on this machine, now."""
-    node = celery.node(worker)
-    manager = "systemctl" if celery.manager == "systemd" else "supervisorctl"
-    celery.sh("%s stop %s" % (manager, celery.service(worker)))
-    started = time.monotonic()
-    celery.sh("%s start %s" % (manager, celery.service(worker)))
-    celery.wait_for(lambda: celery.ping(node), 300, "ping of %s after its start" % node)
-    return time.monotonic() - started
-
-
 def test_a_worker_killed_with_sigkill_comes_back(celery):
     worker = celery.workers[0]
     node = celery.node(worker)
-    baseline = start_up_seconds(celery, worker)
+    baseline = celery.start_up_seconds(worker)
     old_pid = celery.main_pid(worker)
     old_children = celery.children(old_pid)
     celery.sh("kill -KILL %d" % old_pid)
@@ -228,11 +177,14 @@ def stop_supervisord_with_a_task_in_flight(celery):
     pool; then supervisord starts again and its workers run tasks."""
     worker = celery.workers[0]
     log_offset = celery.log_size(worker)
-    task_id, pool, release = held_task(celery, worker)
+    task_id, pool, release = celery.hold(worker)
     try:
-        stop_while_held(celery, worker, lambda: celery.sh("systemctl stop supervisor.service"), release, 0, log_offset)
+        while_held(lambda: celery.sh("systemctl stop supervisor.service"),
+                   lambda: "Warm shutdown" in celery.log_since(worker, 0, offset=log_offset),
+                   lambda: celery.release(release), "the warm shutdown of %s to begin" % celery.node(worker), timeout=300)
+        celery.sh("rm -f %s" % release)
         assert [p for p in pool if celery.host.run("kill -0 %d" % p).rc == 0] == [], "pool processes outlived supervisord"
-        assert_ran_once_on(celery, task_id, pool)
+        assert_held_task_ran_once(celery.probe("wait", task_id, "--timeout", "120"), pool)
         log = celery.log_since(worker, 0, offset=log_offset)
         assert "WorkerLostError" not in log, log[-3000:]
     finally:

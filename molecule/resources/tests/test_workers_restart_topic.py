@@ -8,13 +8,12 @@ notifies the topic. The task in flight runs until the test releases it, which
 it does only once the restart is under way and waiting for it: however long
 the play takes to reach its handlers, the task is in flight through the warm
 shutdown."""
-import concurrent.futures
 import os
 import tempfile
 import time
 import uuid
 
-from celery_checks import run_site, wait
+from celery_checks import assert_held_task_ran_once, run_site, wait, while_held
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -57,26 +56,17 @@ def test_the_restart_topic_restarts_the_workers_warm_while_a_task_runs(celery):
         wait(lambda: "hold[%s] received" % task_id in celery.log_since(worker, since), 300,
              "the task to reach %s" % node, interval=2)
         started = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(1) as background:
-            running = background.submit(run_site, {"topic_check_stamp": time.time()}, playbook=play.name,
-                                        limit=celery.host.backend.host)
-            wait(lambda: running.done() or celery.log_since(worker, since).count("Warm shutdown") > shutdowns, 1800,
-                 "the play to restart %s" % node, interval=2)
-            assert not running.done(), "the play ended without a warm shutdown of %s:\n%s" % (
-                node, (running.result().stdout + running.result().stderr)[-4000:])
-            time.sleep(2)
-            assert not running.done(), "the restart did not wait for the task in flight"
-            celery.sh("touch %s && chmod 0644 %s" % (release, release))
-            result = running.result(timeout=1800)
+        result = while_held(
+            lambda: run_site({"topic_check_stamp": time.time()}, playbook=play.name, limit=celery.host.backend.host),
+            lambda: celery.log_since(worker, since).count("Warm shutdown") > shutdowns,
+            lambda: celery.release(release), "the play's warm shutdown of %s" % node)
         output = result.stdout + result.stderr
         print("the user's play on %s: %.0fs" % (celery.hostname, time.monotonic() - started))
         assert result.returncode == 0, output[-4000:]
         assert HANDLER[celery.manager] in output, "the topic's handler did not run:\n%s" % output[-4000:]
         assert celery.main_pid(worker) not in (0, old_pid), "the worker was not restarted"
-        done = celery.probe("wait", task_id, "--timeout", "120")
         # It ran to its end once, in the pool process it started in.
-        assert done["state"] == "SUCCESS" and done["result"]["released"] and done["result"]["attempt"] == 1, done
-        assert done["result"]["pid"] in pool_pids, (done, pool_pids)
+        assert_held_task_ran_once(celery.probe("wait", task_id, "--timeout", "120"), pool_pids)
         assert "WorkerLostError" not in celery.log_since(worker, since)
         wait(lambda: celery.ping(node), 120, "ping of %s after the restart" % node)
     finally:
