@@ -34,12 +34,9 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "molecule", "release", "tests"))
-
-from release_checks import HOSTS, MANAGERS, REPO, Stream, in_release, make_release, probe, sh, whoami  # noqa: E402
+from release_checks import HOSTS, MANAGERS, REPO, Stream, in_release, make_release, probe, sh, whoami
 
 OUT = os.environ.get("CELERYOPS_BENCH_OUT") or os.path.join(REPO, ".cache", "benchmarks", "release_switch.md")
 ROWS = []

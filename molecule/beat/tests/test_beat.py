@@ -5,7 +5,6 @@ switch of process manager keeps one set of workers and loses no task.
 The checks run in order and re-run the site playbook the way a user would."""
 import json
 import os
-import sys
 import threading
 import time
 import uuid
@@ -14,9 +13,7 @@ import pytest
 import testinfra
 import yaml
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
-
-from celery_checks import (CeleryHost, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,  # noqa: E402
+from celery_checks import (CeleryHost, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
                            run_site, while_held)
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"

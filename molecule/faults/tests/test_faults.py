@@ -20,16 +20,13 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import testinfra
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
-
-from celery_checks import CeleryHost, run_site, wait  # noqa: E402
+from celery_checks import CeleryHost, run_site, wait
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
 BROKER = "fl-broker"

@@ -8,15 +8,11 @@ failure reports the whole spec elsewhere, so the whole output would say
 anything). It then checks that nothing on the host changed since a marker made
 once, before the first case of this run, on whichever xdist worker gets there
 first."""
-import os
-import sys
 import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
-
-from celery_checks import failed_tasks, json_report, run_site  # noqa: E402
+from celery_checks import failed_tasks, json_report, run_site
 
 testinfra_hosts = ["ansible://celery_workers"]
 

@@ -15,15 +15,12 @@ whichever worker it ran (each worker writes down what it finished)."""
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
-
-from celery_checks import CeleryHost, run_site  # noqa: E402
+from celery_checks import CeleryHost, run_site
 
 testinfra_hosts = ["ansible://celery_workers"]
 pytestmark = pytest.mark.xdist_group("roles_alone")

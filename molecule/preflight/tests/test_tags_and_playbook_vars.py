@@ -5,16 +5,9 @@ celery_release_serial, celery_release_max_fail_percentage) are checked
 before any change, with a message naming the variable.
 
 Same pristine host as test_bad_input.py (nothing here changes it)."""
-import os
-import sys
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "..", "resources", "tests"))
-
-from failed_tasks import assert_failed_with, run_playbook  # noqa: E402
+from failed_tasks import assert_failed_with, run_playbook
 
 testinfra_hosts = ["ansible://celery_workers"]
 

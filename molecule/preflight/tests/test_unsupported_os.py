@@ -9,16 +9,13 @@ another distribution, then an unsupported Debian version. The checks run in
 order on one xdist worker; the last one provisions the host for real and
 proves it with a task through the broker."""
 import os
-import sys
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "..", "resources", "tests"))
 
-from celery_checks import CeleryHost, run_site  # noqa: E402
-from failed_tasks import assert_failed_with  # noqa: E402
+from celery_checks import CeleryHost, run_site
+from failed_tasks import assert_failed_with
 
 testinfra_hosts = ["ansible://celery_os_check"]
 pytestmark = pytest.mark.xdist_group("unsupported_os")

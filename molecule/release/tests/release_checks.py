@@ -6,14 +6,11 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "resources", "tests"))
-
-from celery_checks import run_site  # noqa: E402
+from celery_checks import run_site
 
 APP = "testapp"
 HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]

@@ -1,12 +1,8 @@
 """Fixtures of the scenarios' checks; the helpers live in celery_checks.py."""
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from celery_checks import CeleryHost  # noqa: E402
+from celery_checks import CeleryHost
 
 
 @pytest.hookimpl(tryfirst=True)
