@@ -192,18 +192,18 @@ def _start_slow_exit(host):
     return unit
 
 
-MODULE_UTILS = os.path.join(REPO, "plugins", "module_utils", "warm_shutdown.py")
-# The module's engine with the module's defaults, as main() builds it.
+# The module's engine with the module's defaults, as main() builds it, run
+# from a copy of the collection's module_utils package on the host.
 ENGINE = ("import os, subprocess, sys\n"
           "sys.path.insert(0, '/tmp/bench')\n"
-          "import warm_shutdown as w\n"
+          "from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown import engine, systemd, tracking\n"
           "def run(args):\n"
           "    p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, LC_ALL='C'))\n"
           "    return p.returncode, p.stdout, p.stderr\n"
-          "ops = w.ProcessOps()\n"
-          "engine = w.WarmShutdown(w.SystemdManager(run, '/usr/bin/systemctl', ops), ops, timeout=30,\n"
-          "                        on_timeout='fail', cold_timeout=30, poll_interval=0.05)\n"
-          "engine.run(sys.argv[1:])\n")
+          "ops = tracking.ProcessOps()\n"
+          "shutdown = engine.WarmShutdown(systemd.SystemdManager(run, '/usr/bin/systemctl', ops), ops, timeout=30,\n"
+          "                               on_timeout='fail', cold_timeout=30, poll_interval=0.05)\n"
+          "shutdown.run(sys.argv[1:])\n")
 
 
 def _timed(host, command):
@@ -219,9 +219,10 @@ def _timed(host, command):
 
 
 def _install_engine(host):
-    with open(MODULE_UTILS) as handle:
-        subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "mkdir -p /tmp/bench && cat > /tmp/bench/warm_shutdown.py"],
-                       input=handle.read(), text=True, check=True)
+    packed = subprocess.run(["tar", "-C", REPO, "-cf", "-", "plugins/module_utils/_warm_shutdown"], capture_output=True,
+                            check=True).stdout
+    subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "mkdir -p /tmp/bench/ansible_collections/celeryops/celery && "
+                    "tar -C /tmp/bench/ansible_collections/celeryops/celery -xf -"], input=packed, check=True)
     subprocess.run(["docker", "exec", "-i", host, "sh", "-c", "cat > /tmp/bench/engine.py"], input=ENGINE, text=True, check=True)
 
 

@@ -4,10 +4,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-from __future__ import absolute_import, division, print_function
-__metaclass__ = type
-
-
 DOCUMENTATION = r"""
 module: warm_shutdown
 short_description: Stop Celery workers or Beat with a warm shutdown and wait until every process has exited
@@ -223,20 +219,17 @@ elapsed:
 """
 
 import os
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, is_executable
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.celeryops.celery.plugins.module_utils.warm_shutdown import (
-    C_LOCALE,
-    ProcessOps,
-    SupervisorManager,
-    SystemdManager,
-    WarmShutdown,
-    WarmShutdownError,
-    validate_settings,
-)
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.common import C_LOCALE, WarmShutdownError
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.engine import WarmShutdown
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.supervisor import SupervisorManager
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.systemd import SystemdManager
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.tracking import ProcessOps
 
 SUPERVISORCTL_FALLBACK_DIRS = ('/usr/bin', '/usr/local/bin')
 
@@ -275,12 +268,6 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    try:
-        validate_settings(params['timeout'], params['on_timeout'], params['cold_timeout'], params['poll_interval'])
-    except WarmShutdownError as e:
-        module.fail_json(msg=e.msg)
-    if not params['services']:
-        module.fail_json(msg='services must name at least one service')
 
     def run_command(args):
         return module.run_command(args, environ_update=C_LOCALE)
@@ -293,23 +280,18 @@ def main():
         supervisorctl = find_executable(module, 'supervisorctl', params['supervisorctl_path'], SUPERVISORCTL_FALLBACK_DIRS)
         manager = SupervisorManager(run_command, supervisorctl, ops, config=params['supervisor_config'])
 
-    engine = WarmShutdown(
-        manager, ops,
-        timeout=params['timeout'],
-        on_timeout=params['on_timeout'],
-        cold_timeout=params['cold_timeout'],
-        poll_interval=params['poll_interval'],
-        warn=module.warn,
-    )
-    start = engine.clock()
+    start = time.monotonic()
     try:
+        # The engine checks the settings and the services before it sends anything.
+        engine = WarmShutdown(manager, ops, timeout=params['timeout'], on_timeout=params['on_timeout'],
+                              cold_timeout=params['cold_timeout'], poll_interval=params['poll_interval'],
+                              warn=module.warn)
         result = engine.run(params['services'], check_mode=module.check_mode)
     except WarmShutdownError as e:
-        module.fail_json(msg=e.msg, changed=e.changed, services=e.services,
-                         elapsed=round(engine.clock() - start, 3))
+        module.fail_json(msg=e.msg, changed=e.changed, services=e.services, elapsed=round(time.monotonic() - start, 3))
     except Exception as e:  # pylint: disable=broad-except
         module.fail_json(msg='%s services %s: unexpected error: %s' % (params['manager'], ', '.join(params['services']), to_native(e)),
-                         exception=traceback.format_exc(), elapsed=round(engine.clock() - start, 3))
+                         exception=traceback.format_exc(), elapsed=round(time.monotonic() - start, 3))
     module.exit_json(**result)
 
 

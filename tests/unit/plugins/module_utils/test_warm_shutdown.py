@@ -16,16 +16,13 @@ import time
 
 import pytest
 
-from ansible_collections.celeryops.celery.plugins.module_utils import warm_shutdown as ws
-from ansible_collections.celeryops.celery.plugins.module_utils.warm_shutdown import (
-    ProcFS,
-    ProcessOps,
-    Service,
-    SupervisorManager,
-    SystemdManager,
-    WarmShutdown,
-    WarmShutdownError,
-)
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown import common, procfs
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.common import WarmShutdownError
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.engine import Service, WarmShutdown, validate_settings
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.procfs import ProcFS
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.supervisor import SupervisorManager
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.systemd import SystemdManager
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.tracking import ProcessOps
 
 
 def stat_line(pid, comm='celery', state='S', ppid=1, starttime=1000):
@@ -41,22 +38,22 @@ def stat_line(pid, comm='celery', state='S', ppid=1, starttime=1000):
 
 class TestParsing:
     def test_parse_stat_plain(self):
-        st = ws.parse_stat(42, stat_line(42, ppid=7, starttime=12345))
+        st = procfs.parse_stat(42, stat_line(42, ppid=7, starttime=12345))
         assert (st.pid, st.ppid, st.state, st.starttime) == (42, 7, 'S', 12345)
         assert not st.exited
 
     def test_parse_stat_comm_with_spaces_and_parens(self):
         data = stat_line(5, comm='celery ) (worker: x', ppid=3, starttime=99).encode()
-        st = ws.parse_stat(5, data)
+        st = procfs.parse_stat(5, data)
         assert (st.ppid, st.starttime) == (3, 99)
 
     @pytest.mark.parametrize('state', ['Z', 'X'])
     def test_parse_stat_zombie_is_exited(self, state):
-        assert ws.parse_stat(5, stat_line(5, state=state)).exited
+        assert procfs.parse_stat(5, stat_line(5, state=state)).exited
 
     @pytest.mark.parametrize('data', ['', 'garbage', '1 (x) S 1 2 3'])
     def test_parse_stat_garbage(self, data):
-        assert ws.parse_stat(1, data) is None
+        assert procfs.parse_stat(1, data) is None
 
     @pytest.mark.parametrize('text,expected', [
         ('1min 30s', 90.0),
@@ -70,18 +67,18 @@ class TestParsing:
         ('3 fortnights', None),
     ])
     def test_parse_timespan(self, text, expected):
-        assert ws.parse_timespan(text) == expected
+        assert common.parse_timespan(text) == expected
 
     def test_one_line(self):
-        assert ws.one_line('a\n  b  c\n', None, b'd') == 'a / b c / d'
-        assert ws.one_line('', None) == '(no output)'
-        assert ws.one_line('x' * 500).endswith('...')
-        assert len(ws.one_line('x' * 500)) == 300
+        assert common.one_line('a\n  b  c\n', None, b'd') == 'a / b c / d'
+        assert common.one_line('', None) == '(no output)'
+        assert common.one_line('x' * 500).endswith('...')
+        assert len(common.one_line('x' * 500)) == 300
 
     def test_format_seconds(self):
-        assert ws.format_seconds(600) == '600s'
-        assert ws.format_seconds(1.25) == '1.25s'
-        assert ws.format_seconds(None) == 'infinity'
+        assert common.format_seconds(600) == '600s'
+        assert common.format_seconds(1.25) == '1.25s'
+        assert common.format_seconds(None) == 'infinity'
 
     @pytest.mark.parametrize('args,option', [
         ((0, 'fail', 30, 0.05), 'timeout'),
@@ -93,11 +90,11 @@ class TestParsing:
     ])
     def test_validate_settings(self, args, option):
         with pytest.raises(WarmShutdownError) as exc:
-            ws.validate_settings(*args)
+            validate_settings(*args)
         assert exc.value.msg.startswith(option + ' ')
 
     def test_validate_settings_ok(self):
-        ws.validate_settings(1, 'cold', 1, 0.25)
+        validate_settings(1, 'cold', 1, 0.25)
 
 
 # --------------------------------------------------------------------------
@@ -250,7 +247,7 @@ class FakeWorld(ProcFS):
         proc = self.procs.get(pid)
         if proc is None:
             return None
-        return ws.ProcStat(pid, proc.ppid, proc.state, proc.starttime)
+        return procfs.ProcStat(pid, proc.ppid, proc.state, proc.starttime)
 
     def pids(self):
         return list(self.procs)
@@ -893,7 +890,7 @@ class TestSupervisor:
     def test_client_error_is_a_warning(self):
         world = FakeWorld()
         manager = SupervisorManager(None, '/usr/bin/supervisorctl', world.ops(), environ={})
-        svc = Service('w', manager)
+        svc = Service('w')
 
         class Done:
             returncode = 2
@@ -971,8 +968,17 @@ class TestProcessOps:
 FAKE_WORKER = textwrap.dedent('''
     import os, signal, sys, time
 
-    task, quit_mode, late = float(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    task, quit_mode, late, go = float(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
     children = []
+
+    def run_task():
+        # The task's time runs from the stop (the test's manager creates the
+        # go file just before its SIGTERM): however slow the machine is to
+        # start the workers, their tasks are in flight when the stop comes.
+        while not os.path.exists(go):
+            time.sleep(0.005)
+        time.sleep(task)
+
     r, w = os.pipe()
     for i in range(2):
         pid = os.fork()
@@ -982,9 +988,9 @@ FAKE_WORKER = textwrap.dedent('''
             signal.signal(signal.SIGQUIT, signal.SIG_DFL)
             if i == 0 and os.fork() == 0:
                 os.write(w, b'%8d' % os.getpid())
-                time.sleep(task)        # a grandchild (a subprocess of a task)
+                run_task()              # a grandchild (a subprocess of a task)
                 os._exit(0)
-            time.sleep(task)            # "the task in flight"
+            run_task()                  # "the task in flight"
             os._exit(0)
         children.append(pid)
     grandchild = int(os.read(r, 8))
@@ -1031,7 +1037,7 @@ class LocalManager:
         return name
 
     def discover(self, name):
-        svc = Service(name, self)
+        svc = Service(name)
         main_pid = self.popens[name].pid
         svc.main = svc.add(self.ops, main_pid)
         svc.main_pid = main_pid
@@ -1050,6 +1056,9 @@ class LocalManager:
 
     def stop(self, svc):
         self.stopped.append(svc.name)
+        # The workers' tasks start their time now (see FAKE_WORKER).
+        with open(self.popens[svc.name].go, 'w'):
+            pass
         os.kill(svc.main_pid, signal.SIGTERM)
 
     def current_pids(self, svc):
@@ -1066,13 +1075,15 @@ class LocalManager:
 
 
 @pytest.fixture
-def real_workers():
+def real_workers(tmp_path):
     started = {}
 
     def start(name, task, quit_mode='cold', late=0.0):
-        p = subprocess.Popen([sys.executable, '-c', FAKE_WORKER, str(task), quit_mode, str(late)],
+        go = str(tmp_path / ('go-' + name))
+        p = subprocess.Popen([sys.executable, '-c', FAKE_WORKER, str(task), quit_mode, str(late), go],
                              stdout=subprocess.PIPE)
         assert p.stdout.readline() == b'ready\n'
+        p.go = go
         started[name] = p
         return p
 
@@ -1114,9 +1125,7 @@ def all_gone(pids):
 class TestRealProcesses:
     def test_warm(self, real_workers, use_pidfd):
         start, started = real_workers
-        launched_a = time.monotonic()
         start('a', 0.6)
-        launched_b = time.monotonic()
         start('b', 1.2)
         engine, manager = real_engine(started, use_pidfd, timeout=30)
         t0 = time.monotonic()
@@ -1126,13 +1135,11 @@ class TestRealProcesses:
         assert a['outcome'] == 'warm' and b['outcome'] == 'warm'
         assert len(a['processes_at_start']) == 4     # main, 2 children, 1 grandchild
         assert a['main_pid'] == started['a'].pid
-        # Each waited for what was left of its task when the stop began, at
-        # least: the tasks run from the workers' start (after their launch),
-        # which a loaded machine delays and spreads out.
-        assert 0.6 - (t0 - launched_a) - 0.1 <= a['waited'] < 1.5
-        assert 1.2 - (t0 - launched_b) - 0.1 <= b['waited'] < 2.1
-        # concurrently: the longest, not the sum
-        assert took < 2.5
+        # Each waited for its task, which ran from its stop.
+        assert 0.6 <= a['waited'] < 0.6 + 0.9
+        assert 1.2 <= b['waited'] < 1.2 + 0.9
+        # Both at once: the longest, not the sum.
+        assert took < 0.6 + 1.2
         assert all_gone(a['processes_at_start'] + b['processes_at_start'])
         assert started['a'].wait(5) == 0
 

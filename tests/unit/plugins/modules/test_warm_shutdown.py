@@ -18,7 +18,10 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
-from ansible_collections.celeryops.celery.plugins.module_utils import warm_shutdown as ws
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown import supervisor
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.procfs import ProcFS, ProcStat
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.systemd import SystemdManager
+from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.tracking import ProcessOps
 from ansible_collections.celeryops.celery.plugins.modules import warm_shutdown as module
 
 
@@ -51,7 +54,7 @@ def fail_json(self, msg, **kwargs):
     raise FailJson(kwargs)
 
 
-class FakeProcFS(ws.ProcFS):
+class FakeProcFS(ProcFS):
     """Processes in a dict; SIGTERM through the fake systemctl ends a worker at once unless it is stuck."""
 
     def __init__(self):
@@ -67,7 +70,7 @@ class FakeProcFS(ws.ProcFS):
         if pid not in self.procs:
             return None
         ppid, starttime = self.procs[pid]
-        return ws.ProcStat(pid, ppid, 'S', starttime)
+        return ProcStat(pid, ppid, 'S', starttime)
 
     def pids(self):
         return list(self.procs)
@@ -143,7 +146,7 @@ def env(tmp_path):
         return p
 
     def make_ops():
-        return ws.ProcessOps(procfs=fs, kill=fs.kill, use_pidfd=False)
+        return ProcessOps(procfs=fs, kill=fs.kill, use_pidfd=False)
 
     def get_bin_path(self, arg, required=False, opt_dirs=None):
         return {'systemctl': '/usr/bin/systemctl', 'supervisorctl': '/usr/bin/supervisorctl'}.get(arg)
@@ -152,7 +155,7 @@ def env(tmp_path):
                              get_bin_path=get_bin_path,
                              run_command=lambda self, args, **kwargs: cmds.run_command(args, **kwargs)):
         with mock.patch.object(module, 'ProcessOps', make_ops):
-            with mock.patch.object(ws.subprocess, 'Popen', popen):
+            with mock.patch.object(supervisor.subprocess, 'Popen', popen):
                 yield fs, cmds, popens
 
 
@@ -347,7 +350,7 @@ def test_supervisorctl_not_found(env):
 
 def test_unexpected_error_is_reported_without_crashing(env):
     fs, cmds, dummy = env
-    with mock.patch.object(ws.SystemdManager, 'discover', side_effect=RuntimeError('boom')):
+    with mock.patch.object(SystemdManager, 'discover', side_effect=RuntimeError('boom')):
         result = run_module({'manager': 'systemd', 'services': ['w']})
     assert result['failed']
     assert result['msg'] == 'systemd services w: unexpected error: boom'
