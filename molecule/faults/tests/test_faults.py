@@ -555,7 +555,7 @@ def run_site_on_each_host(extra_vars=None):
         cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "celeryops.celery.site", "--limit", name,
                "-e", json.dumps(extra_vars or {})]
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         runs = dict(zip((SYSTEMD, SUPERVISOR), pool.map(one, (SYSTEMD, SUPERVISOR))))
     for name, result in runs.items():

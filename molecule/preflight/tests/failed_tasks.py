@@ -36,4 +36,4 @@ def run_playbook(playbook, extra_vars=None, args=()):
     cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook,
            "-e", json.dumps(extra_vars or {})] + list(args)
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)

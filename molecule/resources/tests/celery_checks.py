@@ -23,7 +23,9 @@ def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.c
     if limit:
         cmd += ["--limit", limit]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
+    # A bound that only stops a hung run: a release on a loaded machine has
+    # taken over 20 minutes.
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
 
 
 def json_report(result):
@@ -80,7 +82,7 @@ def wait(predicate, timeout, what, interval=0.5):
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
-def while_held(action, begun, release, what, timeout=1800):
+def while_held(action, begun, release, what, timeout=3600):
     """Runs action() (a restart, a stop, a play) in the background while a
     held task runs (the test app's hold(): it runs until its release file
     exists), and releases the task only once begun() is true (e.g. the
