@@ -19,9 +19,11 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CACHE = os.environ.get("CELERYOPS_CACHE_DIR") or os.path.join(REPO, ".cache")
 
 
-def main(scenario):
+def main(scenario, only=None):
     with open(os.path.join(REPO, "tests", "mutants", scenario + ".yml")) as handle:
-        rounds = yaml.safe_load(handle)
+        rounds = [entry for entry in yaml.safe_load(handle) if not only or only in entry["name"]]
+    if not rounds:
+        raise SystemExit("no mutant of %s is named like %r" % (scenario, only))
     built = os.path.join(CACHE, "collections")
     work = os.path.join(CACHE, "mutants", scenario)
     copy = os.path.join(work, "collections")
@@ -86,4 +88,4 @@ def main(scenario):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
