@@ -20,7 +20,7 @@
    a process that takes exactly 1.5 s to exit after SIGTERM. Every row is
    timed the same way: on the host, from before its command starts to after it
    returns (`date +%s.%N` around it), minus the 1.5 s; the module's engine runs
-   as a plain Python process there (its module_utils file, as the module runs
+   as a plain Python process there (its module_utils package, as the module runs
    it), so that no row includes Ansible's round trip and none starts its clock
    after the stop was sent.
 
