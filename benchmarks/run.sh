@@ -3,15 +3,11 @@
 # `release` scenario's fleet and prints its tables:  make bench
 source "$(dirname "$0")/../tests/harness/common.sh"
 
-bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
-bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 debian-13 ubuntu-24.04 redis
-bash "${REPO_ROOT}/tests/harness/install-collection.sh"
-activate_venv
+ready_machine debian-12 debian-13 ubuntu-24.04 redis
 export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 export CELERYOPS_RELEASE_CHECKS=../../benchmarks
 export CELERYOPS_BENCH_OUT="${CACHE_DIR}/benchmarks/release_switch.md"
 rm -f "${CELERYOPS_BENCH_OUT}"
-cd "${REPO_ROOT}" || exit 1
 molecule test --scenario-name release
 status=$?
 echo

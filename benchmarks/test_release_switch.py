@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import time
 
-from release_checks import HOSTS, MANAGERS, REPO, Stream, in_release, make_release, probe, sh, whoami
+from release_checks import HOSTS, MANAGERS, REPO, Stream, active_ids, make_release, probe, sh, whoami
 
 OUT = os.environ.get("CELERYOPS_BENCH_OUT") or os.path.join(REPO, ".cache", "benchmarks", "release_switch.md")
 ROWS = []
@@ -85,15 +85,6 @@ def plain_restart(host):
         sh(host, "supervisorctl restart testapp:testapp-worker-default", timeout=300)
 
 
-def active_on(host, node, task_id):
-    out = sh(host, in_release("v1", "-m celery -A celery_testapp inspect active -d %s --timeout 2 --json" % node),
-             check=False).stdout.strip().splitlines()
-    try:
-        return any(t["id"] == task_id for t in json.loads(out[-1]).get(node, []))
-    except (IndexError, ValueError):
-        return False
-
-
 def measure(label, host_label, hosts, action, long_task_host=None, switched=None):
     """action(start_long_task) switches and returns its wall time; it calls
     start_long_task() right as the switch starts, which sends an 8 s task and
@@ -107,7 +98,7 @@ def measure(label, host_label, hosts, action, long_task_host=None, switched=None
             began = time.monotonic()
             node = "default@" + long_task_host
             long_task["id"] = probe(long_task_host, "send", "sleep", 8, "--queue", "host." + long_task_host)
-            while not active_on(long_task_host, node, long_task["id"]):
+            while long_task["id"] not in active_ids(long_task_host, node, reply=2):
                 assert time.monotonic() - began < 3, "the 8 s task did not start on %s within 3 s of the switch" % node
                 time.sleep(0.1)
 

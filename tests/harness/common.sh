@@ -77,3 +77,15 @@ activate_venv() {
   CELERYOPS_CA_BUNDLE="$(host_ca_bundle || true)"
   export CELERYOPS_CA_BUNDLE
 }
+
+# What every entry point (test run, demo, benchmark, mutants) needs first: the
+# Docker engine, the base images (all, or those named), the collection built
+# and installed from its tarball, the tooling virtualenv active, and the
+# repository as the working directory.
+ready_machine() {
+  bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
+  bash "${REPO_ROOT}/tests/harness/images.sh" "$@"
+  bash "${REPO_ROOT}/tests/harness/install-collection.sh"
+  activate_venv
+  cd "${REPO_ROOT}" || exit 1
+}

@@ -11,11 +11,7 @@ if [[ "${1:-}" == "--destroy" ]]; then
   exit 0
 fi
 
-bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
-bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 debian-13 ubuntu-24.04 redis
-bash "${REPO_ROOT}/tests/harness/install-collection.sh"
-activate_venv
-cd "${REPO_ROOT}" || exit 1
+ready_machine debian-12 debian-13 ubuntu-24.04 redis
 for step in create prepare converge; do
   log "molecule ${step}"
   molecule "${step}" --scenario-name demo

@@ -11,10 +11,6 @@ if [[ ! -f "${REPO_ROOT}/tests/mutants/${1:-}.yml" ]]; then
   scenarios=("${scenarios[@]##*/}")
   die "usage: mutants.sh SCENARIO (one of: ${scenarios[*]%.yml})"
 fi
-bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
-bash "${REPO_ROOT}/tests/harness/images.sh"
-bash "${REPO_ROOT}/tests/harness/install-collection.sh"
-activate_venv
+ready_machine
 export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
-cd "${REPO_ROOT}" || exit 1
 exec python "${REPO_ROOT}/tests/harness/mutants.py" "$@"

@@ -61,12 +61,8 @@ main() {
   local t0=$SECONDS pids=() pid entry scenario
   mkdir -p "${LOG_DIR}"
   rm -rf "${RESULTS_DIR}"; mkdir -p "${RESULTS_DIR}"
-  bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
-  bash "${REPO_ROOT}/tests/harness/images.sh"
-  bash "${REPO_ROOT}/tests/harness/install-collection.sh"
-  activate_venv
+  ready_machine
   export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
-  cd "${REPO_ROOT}" || exit 1
 
   stage yamllint yamllint --strict .
   stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint

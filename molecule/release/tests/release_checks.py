@@ -44,6 +44,17 @@ def probe(host, *args, release="v1", timeout=120):
     return json.loads(out.splitlines()[-1]) if args[0] not in ("send",) else out.splitlines()[-1]
 
 
+def active_ids(host, node, reply=5):
+    """Ids of the tasks the node runs now (empty when it does not answer
+    within `reply` seconds)."""
+    out = sh(host, in_release("v1", "-m celery -A celery_testapp inspect active -d %s --timeout %d --json" % (node, reply)),
+             check=False).stdout.strip().splitlines()
+    try:
+        return [task["id"] for task in json.loads(out[-1]).get(node, [])]
+    except (IndexError, ValueError, AttributeError):
+        return []
+
+
 def whoami(host, release="v1"):
     """The release that runs a task published to this host's own queue."""
     return probe(host, "call", "whoami", "--queue", "host." + host, "--timeout", 60, release=release)["result"]

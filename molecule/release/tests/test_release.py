@@ -15,8 +15,8 @@ import time
 import pytest
 import yaml
 
-from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, app_process_cwds, beat_count, handover_left,
-                            in_release, link, make_release, ok, playbook, probe, run_site, sh, whoami)
+from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, active_ids, app_process_cwds, beat_count,
+                            handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
 from celery_checks import assert_held_task_ran_once, failed_tasks, json_report, recap, wait, while_held
 
 RELEASES = {}
@@ -65,15 +65,6 @@ def test_workers_cannot_write_the_release_or_its_virtualenv():
             assert proc.returncode != 0, "%s: the worker user can write %s" % (host, path)
         proc = sh(host, "runuser -u %s -- touch /var/lib/%s/.probe-write && rm /var/lib/%s/.probe-write" % (APP, APP, APP), check=False)
         assert proc.returncode == 0, "%s: the worker user cannot write its state dir: %s" % (host, proc.stderr)
-
-
-def active_ids(host, node):
-    """Ids of the tasks the node runs now (empty when it does not answer)."""
-    proc = sh(host, in_release("v1", "-m celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node),
-              check=False)
-    if proc.returncode != 0:
-        return []
-    return [task["id"] for task in json.loads(proc.stdout.strip().splitlines()[-1]).get(node, [])]
 
 
 def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, quiet_pause):
