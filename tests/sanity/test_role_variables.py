@@ -4,7 +4,9 @@
   the same default, and every option is in the defaults unless it is required;
 - a variable shared by several roles has one type and one default everywhere;
 - a role whose `preflight` tasks another role or playbook includes has a
-  `preflight` entry point that checks exactly what its `main` checks.
+  `preflight` entry point that checks exactly what its `main` checks;
+- the settings every role shares are defined once, in the common and app
+  roles, and every other role gets them by depending on one of those two.
 """
 import pathlib
 
@@ -96,7 +98,7 @@ def walk_tasks(items):
 
 def test_the_preflight_includes_are_found():
     # The reader above must see what the worker and release roles include.
-    assert {"env", "logdirs", "systemd", "supervisor", "beat", "release"} <= included_preflights()
+    assert {"env", "systemd", "supervisor", "beat", "release"} <= included_preflights()
 
 
 @pytest.mark.parametrize("role", sorted(included_preflights()))
@@ -121,3 +123,30 @@ def test_shared_variables_agree_across_roles():
         if len({repr(shape) for _use, shape in uses}) > 1
     }
     assert not disagreements, "shared variables differ between roles: %s" % disagreements
+
+
+SHARED_ROLES = ("common", "app")
+
+
+def dependencies(role):
+    meta = load(ROOT / "roles" / role / "meta" / "main.yml")
+    return [(dep["role"] if isinstance(dep, dict) else dep).replace("celeryops.celery.", "")
+            for dep in meta.get("dependencies") or []]
+
+
+@pytest.mark.parametrize("role", [role for role in ROLES if role not in SHARED_ROLES])
+def test_a_shared_setting_is_defined_once(role):
+    shared = {}
+    for owner in SHARED_ROLES:
+        shared.update(dict.fromkeys(specs(owner)["main"]["options"], owner))
+    again = {name: shared[name] for name in specs(role)["main"]["options"] if name in shared}
+    assert not again, "%s declares settings that belong to a shared role: %s" % (role, again)
+    assert not set(defaults(role)) & set(shared), "%s sets defaults of shared settings: %s" % (
+        role, sorted(set(defaults(role)) & set(shared)))
+
+
+@pytest.mark.parametrize("role", [role for role in ROLES if role != "common"])
+def test_every_role_gets_the_shared_settings_from_a_dependency(role):
+    # A dependency runs once per host and play, before the role's first task,
+    # and its defaults are the role's: that is what makes the checks run once.
+    assert set(dependencies(role)) & set(SHARED_ROLES), "%s depends on neither the common nor the app role" % role

@@ -2,7 +2,10 @@ import pytest
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.celeryops.celery.plugins.filter.worker_specs import worker_specs
+import yaml
+
+from ansible_collections.celeryops.celery.plugins.filter import worker_specs as worker_specs_module
+from ansible_collections.celeryops.celery.plugins.filter.worker_specs import worker_fields, worker_specs
 
 DEFAULTS = {"queues": ["celery"], "concurrency": 2, "pool": "prefork", "max_tasks_per_child": None,
             "max_memory_per_child": None, "memory_max": None, "loglevel": "INFO", "extra_args": []}
@@ -12,7 +15,41 @@ def test_fills_in_fields_from_the_defaults():
     [worker] = worker_specs([{"name": "default"}], DEFAULTS)
     assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "pool": "prefork",
                       "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None, "loglevel": "INFO",
-                      "extra_args": []}
+                      "extra_args": [],
+                      "options": ["--queues=celery", "--pool=prefork", "--concurrency=2", "--loglevel=INFO"]}
+
+
+def test_fields_left_out_everywhere_take_the_argument_specs_defaults():
+    [worker] = worker_specs([{"name": "default"}], {"concurrency": 8})
+    assert worker["options"] == ["--queues=celery", "--pool=prefork", "--concurrency=8", "--loglevel=INFO"]
+
+
+def test_the_fields_are_those_of_the_app_roles_argument_spec():
+    with open(worker_specs_module.SPEC_PATH) as handle:
+        spec = yaml.safe_load(handle)["argument_specs"]["main"]["options"]["celery_workers"]["options"]
+    assert list(worker_fields()) == list(spec)
+    assert set(spec) >= {"name", "queues", "concurrency", "pool", "loglevel", "extra_args"}
+
+
+def test_options_carry_every_field_in_command_line_order_with_extra_args_last():
+    [worker] = worker_specs([{"name": "io", "queues": ["a", "b"], "pool": "threads", "concurrency": 16,
+                              "max_tasks_per_child": 100, "max_memory_per_child": 200000, "memory_max": "1G",
+                              "loglevel": "warning", "extra_args": ["-O", "fair"]}], {})
+    assert worker["options"] == ["--queues=a,b", "--pool=threads", "--concurrency=16", "--max-tasks-per-child=100",
+                                 "--max-memory-per-child=200000", "--loglevel=WARNING", "-O", "fair"]
+
+
+def test_a_null_entry_field_falls_back_to_the_spec_not_to_the_defaults():
+    [worker] = worker_specs([{"name": "a", "max_tasks_per_child": None}], {"max_tasks_per_child": 50})
+    assert worker["max_tasks_per_child"] is None
+    assert not any(option.startswith("--max-tasks-per-child") for option in worker["options"])
+
+
+def test_a_bool_field_gives_a_bare_flag(monkeypatch):
+    # How a future on/off option (e.g. --without-gossip) reaches the command line.
+    monkeypatch.setattr(worker_specs_module, "FLAGS", worker_specs_module.FLAGS + (("gossip_off", "--without-gossip"),))
+    assert worker_specs_module.worker_options({"gossip_off": True, "extra_args": []}) == ["--without-gossip"]
+    assert worker_specs_module.worker_options({"gossip_off": False, "extra_args": []}) == []
 
 
 def test_entry_fields_win_and_are_normalised():
@@ -41,6 +78,8 @@ def test_entry_fields_win_and_are_normalised():
     ([{"name": "a", "queues": []}], "celery_workers[0].queues must be a non-empty list"),
     ([{"name": "a", "queues": ["x y"]}], "queues has names with spaces or commas"),
     ([{"name": "a", "extra_args": "-O fair"}], "extra_args must be a list"),
+    ([{"name": "a", "queues": [{"x": 1}]}], "celery_workers[0].queues must be a list of strings"),
+    ([{"name": "a", "pool": ["prefork"]}], "celery_workers[0].pool must be a string"),
     ([{"name": "a", "colour": "blue"}], "celery_workers[0] has unknown fields colour"),
     ([{"name": "a", "memory_max": "lots"}], "celery_workers[0].memory_max must be a memory size for systemd's MemoryMax="),
     ([{"name": "a", "memory_max": "512MB"}], "celery_workers[0].memory_max must be a memory size"),
