@@ -9,9 +9,6 @@ __metaclass__ = type
 import errno
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -23,6 +20,7 @@ from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.pr
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.supervisor import SupervisorManager
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.systemd import SystemdManager
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.tracking import ProcessOps
+from ansible_collections.celeryops.celery.tests.unit.plugins.fake_world import FakeSupervisorctl, FakeSystemctl, unit
 
 
 def stat_line(pid, comm='celery', state='S', ppid=1, starttime=1000):
@@ -169,157 +167,8 @@ class TestProcFS:
 
 
 # --------------------------------------------------------------------------
-# A fake world: processes, signals, a clock, systemctl and supervisorctl
+# The engine over the fake process world (fixture world, see conftest.py)
 # --------------------------------------------------------------------------
-
-class FakeProc:
-    def __init__(self, pid, ppid, starttime, on_term=None, on_quit=None):
-        self.pid = pid
-        self.ppid = ppid
-        self.starttime = starttime
-        self.state = 'S'
-        self.on_term = on_term
-        self.on_quit = on_quit
-
-
-class FakeWorld(ProcFS):
-    """Processes that live in a dict, a clock that moves only when the code sleeps."""
-
-    def __init__(self):
-        super(FakeWorld, self).__init__(proc_root='/nonexistent', cgroup_root='/nonexistent')
-        self.now = 1000.0
-        self.procs = {}
-        self.events = []
-        self.signals = []
-        self.cgroups = {}
-        self.unkillable = set()
-        self.next_start = 5000
-
-    # -- processes
-    def spawn(self, pid, ppid=1, cgroup=None, on_term=None, on_quit=None):
-        self.next_start += 1
-        self.procs[pid] = FakeProc(pid, ppid, self.next_start, on_term, on_quit)
-        if cgroup:
-            self.cgroups.setdefault(cgroup, set()).add(pid)
-        return self.procs[pid]
-
-    def exit(self, pid):
-        proc = self.procs.pop(pid, None)
-        for pids in self.cgroups.values():
-            pids.discard(pid)
-        if proc is not None:
-            for other in self.procs.values():
-                if other.ppid == pid:
-                    other.ppid = 1
-
-    def at(self, delay, fn):
-        self.events.append((self.now + delay, fn))
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now = round(self.now + seconds, 6)
-        due = [e for e in self.events if e[0] <= self.now]
-        self.events = [e for e in self.events if e[0] > self.now]
-        for dummy, fn in sorted(due, key=lambda e: e[0]):
-            fn()
-
-    def kill(self, pid, sig):
-        self.signals.append((pid, sig))
-        proc = self.procs.get(pid)
-        if proc is None:
-            raise OSError(errno.ESRCH, 'No such process')
-        if sig == signal.SIGKILL:
-            if pid not in self.unkillable:
-                self.exit(pid)
-        elif sig == signal.SIGTERM:
-            if proc.on_term:
-                proc.on_term()
-            else:
-                self.exit(pid)
-        elif sig == signal.SIGQUIT:
-            if proc.on_quit:
-                proc.on_quit()
-
-    # -- ProcFS interface
-    def stat(self, pid):
-        proc = self.procs.get(pid)
-        if proc is None:
-            return None
-        return procfs.ProcStat(pid, proc.ppid, proc.state, proc.starttime)
-
-    def pids(self):
-        return list(self.procs)
-
-    def find_cgroup(self, control_group):
-        return control_group if control_group in self.cgroups else None
-
-    def cgroup_pids(self, path):
-        return set(self.cgroups.get(path, ()))
-
-    def ops(self):
-        return ProcessOps(procfs=self, kill=self.kill, sleep=self.sleep, use_pidfd=False)
-
-
-def worker(world, main, children, task_seconds, cgroup=None, quit_exits=True):
-    """A Celery-like prefork worker: SIGTERM to main = warm shutdown (children finish, then main exits)."""
-
-    def on_term():
-        def finish():
-            for c in children:
-                world.exit(c)
-            world.at(0.1, lambda: world.exit(main))
-        world.at(task_seconds, finish)
-
-    def on_quit():
-        if quit_exits:
-            def finish():
-                for c in children:
-                    world.exit(c)
-                world.exit(main)
-            world.at(0.5, finish)
-
-    world.spawn(main, 1, cgroup, on_term=on_term, on_quit=on_quit)
-    for c in children:
-        world.spawn(c, main, cgroup)
-
-
-class FakeSystemctl:
-    def __init__(self, world, units):
-        self.world = world
-        self.units = units  # name -> dict of properties (MainPID, ControlGroup, KillMode, ...)
-        self.calls = []
-        self.stop_rc = 0
-
-    def __call__(self, args):
-        self.calls.append(list(args))
-        assert args[0] == '/bin/systemctl'
-        if args[1] == 'show':
-            unit = args[2]
-            assert args[3::2] == ['-p'] * len(SystemdManager.PROPERTIES)
-            props = self.units.get(unit)
-            if props is None:
-                return 0, 'Id=%s\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nMainPID=0\n' \
-                          'LoadError=org.freedesktop.systemd1.NoSuchUnit "Unit %s not found."\n' % (unit, unit), ''
-            base = dict(Id=unit, LoadState='loaded', ActiveState='active', SubState='running',
-                        KillMode='mixed', KillSignal='15', TimeoutStopUSec='infinity', ControlGroup='', MainPID='0')
-            base.update(props)
-            return 0, ''.join('%s=%s\n' % kv for kv in base.items()), ''
-        if args[1] == 'stop':
-            assert args[2] == '--no-block'
-            if self.stop_rc:
-                return self.stop_rc, '', 'Failed to stop %s: Access denied\n' % args[3]
-            props = self.units.get(args[3], {})
-            main = int(props.get('MainPID', 0))
-            if main and props.get('KillMode', 'mixed') in ('mixed', 'process', 'none') and main in self.world.procs:
-                self.world.kill(main, signal.SIGTERM)   # SIGTERM to the main process only
-            return 0, '', ''
-        raise AssertionError('unexpected systemctl call %r' % (args,))
-
-    def stops(self):
-        return [c[3] for c in self.calls if c[1] == 'stop']
-
 
 def systemd_engine(world, units, **kwargs):
     ops = world.ops()
@@ -331,20 +180,13 @@ def systemd_engine(world, units, **kwargs):
     return engine, systemctl, warnings
 
 
-def unit(main, cgroup=None, **props):
-    d = dict(MainPID=str(main), ControlGroup=cgroup or '')
-    d.update(props)
-    return d
-
-
 # --------------------------------------------------------------------------
 # systemd layer + engine
 # --------------------------------------------------------------------------
 
 class TestSystemd:
-    def test_warm_shutdown_with_cgroup(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 3.0, cgroup='/system.slice/w.service')
+    def test_warm_shutdown_with_cgroup(self, world):
+        world.worker(100, [101, 102], 3.0, cgroup='/system.slice/w.service')
         engine, systemctl, warnings = systemd_engine(world, {'w.service': unit(100, '/system.slice/w.service')})
         result = engine.run(['w'])
         assert result['changed'] is True
@@ -357,9 +199,8 @@ class TestSystemd:
         assert warnings == []
         assert world.procs == {}
 
-    def test_fallback_to_proc_tree_without_cgroup(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 1.0)
+    def test_fallback_to_proc_tree_without_cgroup(self, world):
+        world.worker(100, [101, 102], 1.0)
         world.spawn(103, 101)  # grandchild
         world.spawn(300, 1)    # unrelated
         engine, systemctl, dummy = systemd_engine(world, {'w.service': unit(100, '/system.slice/missing.service')},
@@ -374,10 +215,9 @@ class TestSystemd:
         assert 'PIDs still alive: 103.' in exc.value.msg
         assert 300 in world.procs
 
-    def test_late_spawned_child_in_cgroup_is_waited_for(self):
-        world = FakeWorld()
+    def test_late_spawned_child_in_cgroup_is_waited_for(self, world):
         cg = '/system.slice/w.service'
-        worker(world, 100, [101], 1.0, cgroup=cg)
+        world.worker(100, [101], 1.0, cgroup=cg)
         world.at(0.5, lambda: world.spawn(150, 100, cg))      # spawned during the shutdown
         world.at(4.0, lambda: world.exit(150))
         engine, dummy, dummy2 = systemd_engine(world, {'w.service': unit(100, cg)})
@@ -387,10 +227,9 @@ class TestSystemd:
         assert svc['outcome'] == 'warm'
         assert svc['waited'] == pytest.approx(4.0, abs=0.06)
 
-    def test_pid_reuse_is_not_waited_for(self):
-        world = FakeWorld()
+    def test_pid_reuse_is_not_waited_for(self, world):
         kids = [101]
-        worker(world, 100, kids, 1.0)
+        world.worker(100, kids, 1.0)
 
         def reuse():
             # 101 exits and its PID goes to an unrelated long-lived process
@@ -405,8 +244,7 @@ class TestSystemd:
         assert 101 in world.procs
         assert (101, signal.SIGKILL) not in world.signals
 
-    def test_not_running_is_already_stopped_and_still_stopped(self):
-        world = FakeWorld()
+    def test_not_running_is_already_stopped_and_still_stopped(self, world):
         engine, systemctl, dummy = systemd_engine(world, {'w.service': unit(0, ActiveState='activating', SubState='auto-restart')})
         result = engine.run(['w'])
         assert result['changed'] is False
@@ -414,8 +252,7 @@ class TestSystemd:
                                        'waited': 0.0, 'outcome': 'already_stopped', 'remaining': []}]
         assert systemctl.stops() == ['w.service']
 
-    def test_unknown_unit(self):
-        world = FakeWorld()
+    def test_unknown_unit(self, world):
         engine, systemctl, dummy = systemd_engine(world, {})
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['nope'])
@@ -423,8 +260,7 @@ class TestSystemd:
         assert 'not found' in exc.value.msg
         assert systemctl.stops() == []
 
-    def test_show_failure_carries_what_systemctl_said(self):
-        world = FakeWorld()
+    def test_show_failure_carries_what_systemctl_said(self, world):
         ops = world.ops()
 
         def run(args):
@@ -438,10 +274,9 @@ class TestSystemd:
                                  'Host is down')
 
     @pytest.mark.parametrize('kill_mode', ['control-group', ''])
-    def test_unsafe_kill_mode_fails_before_sending_anything(self, kill_mode):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
-        worker(world, 200, [201], 1.0)
+    def test_unsafe_kill_mode_fails_before_sending_anything(self, kill_mode, world):
+        world.worker(100, [101], 1.0)
+        world.worker(200, [201], 1.0)
         units = {'a.service': unit(100), 'b.service': unit(200, KillMode=kill_mode)}
         engine, systemctl, dummy = systemd_engine(world, units)
         with pytest.raises(WarmShutdownError) as exc:
@@ -454,21 +289,18 @@ class TestSystemd:
         assert world.signals == []
 
     @pytest.mark.parametrize('kill_mode', ['mixed', 'process', 'none'])
-    def test_safe_kill_modes(self, kill_mode):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
+    def test_safe_kill_modes(self, kill_mode, world):
+        world.worker(100, [101], 1.0)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100, KillMode=kill_mode)})
         assert engine.run(['a'])['services'][0]['outcome'] == 'warm'
 
-    def test_unsafe_kill_mode_on_a_stopped_unit_is_fine(self):
-        world = FakeWorld()
+    def test_unsafe_kill_mode_on_a_stopped_unit_is_fine(self, world):
         stopped = unit(0, KillMode='control-group', ActiveState='inactive')
         engine, systemctl, dummy = systemd_engine(world, {'a.service': stopped})
         assert engine.run(['a'])['services'][0]['outcome'] == 'already_stopped'
 
-    def test_warnings_for_short_stop_timeout_and_kill_signal(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
+    def test_warnings_for_short_stop_timeout_and_kill_signal(self, world):
+        world.worker(100, [101], 1.0)
         engine, dummy, warnings = systemd_engine(
             world, {'a.service': unit(100, TimeoutStopUSec='1min 30s', KillSignal='3')}, timeout=600)
         engine.run(['a'])
@@ -476,9 +308,8 @@ class TestSystemd:
         assert 'KillSignal=3' in warnings[0]
         assert 'TimeoutStopSec=90s is shorter than timeout=600s' in warnings[1]
 
-    def test_stop_failure(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
+    def test_stop_failure(self, world):
+        world.worker(100, [101], 1.0)
         engine, systemctl, dummy = systemd_engine(world, {'a.service': unit(100)})
         systemctl.stop_rc = 1
         with pytest.raises(WarmShutdownError) as exc:
@@ -488,9 +319,8 @@ class TestSystemd:
         assert exc.value.changed is True
         assert exc.value.services[0]['name'] == 'a.service'
 
-    def test_check_mode_sends_nothing(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 1.0)
+    def test_check_mode_sends_nothing(self, world):
+        world.worker(100, [101, 102], 1.0)
         units = {'a.service': unit(100), 'b.service': unit(0, ActiveState='inactive', SubState='dead')}
         engine, systemctl, dummy = systemd_engine(world, units)
         result = engine.run(['a', 'b'], check_mode=True)
@@ -500,16 +330,14 @@ class TestSystemd:
         assert systemctl.stops() == []
         assert world.signals == []
 
-    def test_check_mode_nothing_running(self):
-        world = FakeWorld()
+    def test_check_mode_nothing_running(self, world):
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(0, ActiveState='inactive')})
         assert engine.run(['a'], check_mode=True)['changed'] is False
 
-    def test_services_are_waited_for_concurrently(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3.0)
-        worker(world, 200, [201], 5.0)
-        worker(world, 300, [301], 1.0)
+    def test_services_are_waited_for_concurrently(self, world):
+        world.worker(100, [101], 3.0)
+        world.worker(200, [201], 5.0)
+        world.worker(300, [301], 1.0)
         units = {'a.service': unit(100), 'b.service': unit(200), 'c.service': unit(300)}
         engine, systemctl, dummy = systemd_engine(world, units)
         result = engine.run(['a', 'b', 'c', 'a.service'])
@@ -520,9 +348,8 @@ class TestSystemd:
         assert result['elapsed'] == pytest.approx(5.1, abs=0.1)
         assert systemctl.stops() == ['a.service', 'b.service', 'c.service']
 
-    def test_timeout_fail_leaves_it_running(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 3600.0)
+    def test_timeout_fail_leaves_it_running(self, world):
+        world.worker(100, [101, 102], 3600.0)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100, TimeoutStopUSec='2h')}, timeout=10)
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['a'])
@@ -539,9 +366,8 @@ class TestSystemd:
         # nothing but the manager's SIGTERM
         assert world.signals == [(100, signal.SIGTERM)]
 
-    def test_timeout_cold(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 3600.0)
+    def test_timeout_cold(self, world):
+        world.worker(100, [101, 102], 3600.0)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100)}, timeout=10, on_timeout='cold')
         result = engine.run(['a'])
         svc = result['services'][0]
@@ -549,9 +375,8 @@ class TestSystemd:
         assert svc['waited'] == pytest.approx(10.5, abs=0.06)
         assert world.signals == [(100, signal.SIGTERM), (100, signal.SIGQUIT)]
 
-    def test_timeout_cold_then_kill(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 3600.0, quit_exits=False)
+    def test_timeout_cold_then_kill(self, world):
+        world.worker(100, [101, 102], 3600.0, quit_exits=False)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100)}, timeout=10, on_timeout='cold',
                                                cold_timeout=5)
         result = engine.run(['a'])
@@ -562,8 +387,7 @@ class TestSystemd:
         assert world.signals == [(100, signal.SIGTERM), (100, signal.SIGQUIT),
                                  (100, signal.SIGKILL), (101, signal.SIGKILL), (102, signal.SIGKILL)]
 
-    def test_timeout_cold_without_main_goes_to_kill(self):
-        world = FakeWorld()
+    def test_timeout_cold_without_main_goes_to_kill(self, world):
         cg = '/system.slice/a.service'
         world.spawn(101, 1, cg)   # a leftover child, the main process is gone
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(0, cg)}, timeout=2, on_timeout='cold')
@@ -572,9 +396,8 @@ class TestSystemd:
         assert result['services'][0]['main_pid'] is None
         assert world.signals == [(101, signal.SIGKILL)]
 
-    def test_timeout_kill(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 3600.0)
+    def test_timeout_kill(self, world):
+        world.worker(100, [101, 102], 3600.0)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100)}, timeout=10, on_timeout='kill')
         result = engine.run(['a'])
         svc = result['services'][0]
@@ -583,10 +406,9 @@ class TestSystemd:
         assert world.signals == [(100, signal.SIGTERM), (100, signal.SIGKILL), (101, signal.SIGKILL),
                                  (102, signal.SIGKILL)]
 
-    def test_kill_phase_kills_late_children_too(self):
-        world = FakeWorld()
+    def test_kill_phase_kills_late_children_too(self, world):
         cg = '/system.slice/a.service'
-        worker(world, 100, [101], 3600.0, cgroup=cg)
+        world.worker(100, [101], 3600.0, cgroup=cg)
         world.unkillable.add(101)
         world.at(10.02, lambda: world.spawn(150, 101, cg))
         world.at(10.5, lambda: (world.unkillable.discard(101), world.exit(101)))
@@ -596,9 +418,8 @@ class TestSystemd:
         assert (150, signal.SIGKILL) in world.signals
         assert world.procs == {}
 
-    def test_unkillable_process_fails(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3600.0)
+    def test_unkillable_process_fails(self, world):
+        world.worker(100, [101], 3600.0)
         world.unkillable.add(101)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100)}, timeout=10, on_timeout='kill')
         with pytest.raises(WarmShutdownError) as exc:
@@ -609,10 +430,9 @@ class TestSystemd:
         assert svc['remaining'] == [101]
         assert svc['waited'] == pytest.approx(20.0, abs=0.06)
 
-    def test_one_fails_others_still_finish(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3600.0)
-        worker(world, 200, [201], 2.0)
+    def test_one_fails_others_still_finish(self, world):
+        world.worker(100, [101], 3600.0)
+        world.worker(200, [201], 2.0)
         engine, dummy, dummy2 = systemd_engine(world, {'a.service': unit(100), 'b.service': unit(200)}, timeout=10)
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['a', 'b'])
@@ -620,9 +440,8 @@ class TestSystemd:
         assert 'b.service' not in exc.value.msg
         assert [s['outcome'] for s in exc.value.services] == ['timeout', 'warm']
 
-    def test_signal_permission_error_has_context(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3600.0)
+    def test_signal_permission_error_has_context(self, world):
+        world.worker(100, [101], 3600.0)
 
         def kill(pid, sig):
             if sig == signal.SIGTERM:
@@ -636,9 +455,8 @@ class TestSystemd:
         assert exc.value.msg.startswith('a.service (active (running), escalating after 5s): cannot send SIGKILL '
                                         'to PID 100: Operation not permitted')
 
-    def test_poll_interval_is_honoured(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
+    def test_poll_interval_is_honoured(self, world):
+        world.worker(100, [101], 1.0)
         sleeps = []
         real_sleep = world.sleep
 
@@ -660,8 +478,7 @@ class TestSystemd:
             with pytest.raises(WarmShutdownError):
                 manager.normalize(bad)
 
-    def test_empty_services(self):
-        world = FakeWorld()
+    def test_empty_services(self, world):
         engine, dummy, dummy2 = systemd_engine(world, {})
         with pytest.raises(WarmShutdownError) as exc:
             engine.run([])
@@ -672,90 +489,22 @@ class TestSystemd:
 # supervisor layer
 # --------------------------------------------------------------------------
 
-class FakePopen:
-
-    def __init__(self, world, args, **kwargs):
-        self.world = world
-        self.args = args
-        self.kwargs = kwargs
-        self.returncode = None
-        self.killed = False
-        assert kwargs['stdin'] == subprocess.DEVNULL
-
-    def communicate(self, timeout=None):
-        name = self.args[-1]
-        if self.killed:
-            self.returncode = -9
-            return b'', None
-        if any(p.pid in self.world.procs for p in self.world.tracked.get(name, [])):
-            raise subprocess.TimeoutExpired(self.args, timeout)
-        self.returncode = 0
-        return ('%s: stopped\n' % name).encode(), None
-
-    def kill(self):
-        self.killed = True
-
-
-class FakeSupervisorctl:
-    """supervisorctl as seen through run_command, plus the background 'stop' through popen."""
-
-    def __init__(self, world, programs):
-        self.world = world
-        self.programs = programs   # name -> dict(state=..., pid=...)
-        self.calls = []
-        self.popens = []
-        world.tracked = {}
-
-    def run(self, args):
-        self.calls.append(list(args))
-        cmd, name = args[-2], args[-1]
-        prog = self.programs.get(name)
-        if cmd == 'status':
-            if prog is None:
-                return 4, '%s: ERROR (no such process)\n' % name, ''
-            return 0, '%-33s%-10spid %s, uptime 1:00:00\n' % (name, prog['state'], prog['pid']), ''
-        if cmd == 'pid':
-            if prog is None:
-                return 1, 'No such process %s\n' % name, ''
-            return 0, '%s\n' % prog['pid'], ''
-        if cmd == 'stop':
-            if prog and prog.get('restarts'):
-                prog['state'] = 'STARTING'
-            elif prog and prog['state'] == 'BACKOFF':
-                prog['state'] = 'STOPPED'
-            return 0, '%s: ERROR (not running)\n' % name, ''
-        raise AssertionError(args)
-
-    def popen(self, args, **kwargs):
-        assert args[-2] == 'stop'
-        assert kwargs['env']['LC_ALL'] == 'C'
-        name = args[-1]
-        prog = self.programs[name]
-        prog['state'] = 'STOPPING'
-        self.world.kill(prog['pid'], signal.SIGTERM)   # stopsignal=TERM, stopasgroup=false
-        p = FakePopen(self.world, args, **kwargs)
-        self.popens.append(p)
-        return p
-
-
 def supervisor_engine(world, programs, config=None, **kwargs):
     ops = world.ops()
     ctl = FakeSupervisorctl(world, programs)
-    manager = SupervisorManager(ctl.run, '/usr/bin/supervisorctl', ops, config=config, popen=ctl.popen, environ={})
+    manager = SupervisorManager(ctl, '/usr/bin/supervisorctl', ops, config=config, popen=ctl.popen, environ={})
     warnings = []
     engine = WarmShutdown(manager, ops, clock=world.clock, warn=warnings.append, **kwargs)
     return engine, ctl, warnings
 
 
 class TestSupervisor:
-    def test_warm(self):
-        world = FakeWorld()
-        worker(world, 100, [101, 102], 2.0)
+    def test_warm(self, world):
+        world.worker(100, [101, 102], 2.0)
         world.spawn(103, 102)
         world.spawn(300, 1)
         engine, ctl, warnings = supervisor_engine(world, {'app:w': dict(state='RUNNING', pid=100)},
                                                   config='/etc/supervisord.conf')
-        world.tracked['app:w'] = [world.procs[p] for p in (100, 101, 102, 103)]
         # 103 is a grandchild that exits with its parent
         world.procs[102].on_term = None
         orig_exit = world.exit
@@ -778,21 +527,18 @@ class TestSupervisor:
         assert warnings == []
         assert 300 in world.procs
 
-    def test_two_programs_concurrently(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 4.0)
+    def test_two_programs_concurrently(self, world):
+        world.worker(100, [101], 4.0)
         world.spawn(200, 1, on_term=lambda: world.at(1.0, lambda: world.exit(200)))   # beat: a single process
         programs = {'app:w': dict(state='RUNNING', pid=100), 'app:beat': dict(state='RUNNING', pid=200)}
         engine, ctl, dummy = supervisor_engine(world, programs)
-        world.tracked = {'app:w': [world.procs[100], world.procs[101]], 'app:beat': [world.procs[200]]}
         result = engine.run(['app:w', 'app:beat'])
         assert [s['outcome'] for s in result['services']] == ['warm', 'warm']
         assert [s['waited'] for s in result['services']] == [pytest.approx(4.1, abs=0.06), pytest.approx(1.0, abs=0.06)]
         assert result['elapsed'] == pytest.approx(4.1, abs=0.1)
         assert len(ctl.popens) == 2
 
-    def test_not_running(self):
-        world = FakeWorld()
+    def test_not_running(self, world):
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='BACKOFF', pid=0)})
         result = engine.run(['w'])
         assert result['changed'] is False
@@ -801,16 +547,14 @@ class TestSupervisor:
         assert ['/usr/bin/supervisorctl', 'stop', 'w'] in ctl.calls
         assert ctl.popens == []
 
-    def test_not_running_but_restarted_meanwhile(self):
-        world = FakeWorld()
+    def test_not_running_but_restarted_meanwhile(self, world):
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='EXITED', pid=0, restarts=True)})
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['w'])
         assert 'started it again' in exc.value.msg
         assert exc.value.msg.startswith('w: was EXITED')
 
-    def test_already_stopping_is_waited_for_without_a_new_stop(self):
-        world = FakeWorld()
+    def test_already_stopping_is_waited_for_without_a_new_stop(self, world):
         world.spawn(100, 1)
         world.at(1.0, lambda: world.exit(100))
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='STOPPING', pid=100)})
@@ -819,25 +563,22 @@ class TestSupervisor:
         assert ctl.popens == []
 
     @pytest.mark.parametrize('programs', [{}, {'other': dict(state='RUNNING', pid=1)}])
-    def test_unknown_program(self, programs):
-        world = FakeWorld()
+    def test_unknown_program(self, programs, world):
         engine, ctl, dummy = supervisor_engine(world, programs)
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['w'])
         assert exc.value.msg.startswith('w: supervisor has no such program (supervisorctl says: w: ERROR (no such process))')
         assert ctl.popens == []
 
-    def test_unknown_program_from_pid(self):
-        world = FakeWorld()
+    def test_unknown_program_from_pid(self, world):
         engine, ctl, dummy = supervisor_engine(world, {})
-        ctl.run = lambda args: ((0, 'w  RUNNING  pid 1\n', '') if args[-2] == 'status' else (1, 'No such process w\n', ''))
-        engine.manager.run_command = ctl.run
+        engine.manager.run_command = lambda args: (
+            (0, 'w  RUNNING  pid 1\n', '') if args[-2] == 'status' else (1, 'No such process w\n', ''))
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['w'])
         assert 'No such process w' in exc.value.msg
 
-    def test_supervisord_down(self):
-        world = FakeWorld()
+    def test_supervisord_down(self, world):
         ops = world.ops()
 
         def run(args):
@@ -854,11 +595,9 @@ class TestSupervisor:
         with pytest.raises(WarmShutdownError):
             manager.normalize(name)
 
-    def test_timeout_fail_reaps_client(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3600.0)
+    def test_timeout_fail_reaps_client(self, world):
+        world.worker(100, [101], 3600.0)
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='RUNNING', pid=100)}, timeout=5)
-        world.tracked = {'w': [world.procs[100], world.procs[101]]}
         with pytest.raises(WarmShutdownError) as exc:
             engine.run(['w'])
         assert 'stopwaitsecs' in exc.value.msg
@@ -866,19 +605,16 @@ class TestSupervisor:
         assert ctl.popens[0].killed
         assert world.signals == [(100, signal.SIGTERM)]
 
-    def test_timeout_cold(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 3600.0)
+    def test_timeout_cold(self, world):
+        world.worker(100, [101], 3600.0)
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='RUNNING', pid=100)}, timeout=5,
                                                on_timeout='cold')
-        world.tracked = {'w': [world.procs[100], world.procs[101]]}
         result = engine.run(['w'])
         assert result['services'][0]['outcome'] == 'cold'
         assert ctl.popens[0].returncode == 0
 
-    def test_check_mode(self):
-        world = FakeWorld()
-        worker(world, 100, [101], 1.0)
+    def test_check_mode(self, world):
+        world.worker(100, [101], 1.0)
         engine, ctl, dummy = supervisor_engine(world, {'w': dict(state='RUNNING', pid=100)})
         result = engine.run(['w'], check_mode=True)
         assert result['changed'] is True
@@ -887,8 +623,7 @@ class TestSupervisor:
         assert [c[-2] for c in ctl.calls] == ['status', 'pid']
         assert world.signals == []
 
-    def test_client_error_is_a_warning(self):
-        world = FakeWorld()
+    def test_client_error_is_a_warning(self, world):
         manager = SupervisorManager(None, '/usr/bin/supervisorctl', world.ops(), environ={})
         svc = Service('w')
 
@@ -908,8 +643,7 @@ class TestSupervisor:
 # --------------------------------------------------------------------------
 
 class TestProcessOps:
-    def test_track_skips_self_zombies_and_missing(self):
-        world = FakeWorld()
+    def test_track_skips_self_zombies_and_missing(self, world):
         world.spawn(os.getpid(), 1)
         world.spawn(10, 1).state = 'Z'
         ops = world.ops()
@@ -918,8 +652,7 @@ class TestProcessOps:
         assert ops.track(11) is None
         assert ops.track(0) is None
 
-    def test_signal_checks_identity(self):
-        world = FakeWorld()
+    def test_signal_checks_identity(self, world):
         world.spawn(10, 1, on_term=lambda: None)
         ops = world.ops()
         proc = ops.track(10)
@@ -929,8 +662,7 @@ class TestProcessOps:
         assert world.signals == []
         assert not ops.is_alive(proc)
 
-    def test_signal_esrch_race(self):
-        world = FakeWorld()
+    def test_signal_esrch_race(self, world):
         world.spawn(10, 1)
 
         def kill(pid, sig):
@@ -940,8 +672,7 @@ class TestProcessOps:
         assert ops.signal(proc, signal.SIGKILL) is False
         assert proc.exited
 
-    def test_wait_without_pidfds_sleeps(self):
-        world = FakeWorld()
+    def test_wait_without_pidfds_sleeps(self, world):
         ops = world.ops()
         ops.wait(0.05, [])
         assert world.now == pytest.approx(1000.05)
@@ -962,66 +693,8 @@ class TestProcessOps:
 
 
 # --------------------------------------------------------------------------
-# Smoke tests against real processes
+# Smoke tests against real processes (fixture real_workers, see conftest.py)
 # --------------------------------------------------------------------------
-
-FAKE_WORKER = textwrap.dedent('''
-    import os, signal, sys, time
-
-    task, quit_mode, late, go = float(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
-    children = []
-
-    def run_task():
-        # The task's time runs from the stop (the test's manager creates the
-        # go file just before its SIGTERM): however slow the machine is to
-        # start the workers, their tasks are in flight when the stop comes.
-        while not os.path.exists(go):
-            time.sleep(0.005)
-        time.sleep(task)
-
-    r, w = os.pipe()
-    for i in range(2):
-        pid = os.fork()
-        if pid == 0:
-            # like a prefork pool child: SIGTERM is back to its default action
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-            if i == 0 and os.fork() == 0:
-                os.write(w, b'%8d' % os.getpid())
-                run_task()              # a grandchild (a subprocess of a task)
-                os._exit(0)
-            run_task()                  # "the task in flight"
-            os._exit(0)
-        children.append(pid)
-    grandchild = int(os.read(r, 8))
-
-    def warm(signum, frame):
-        if late and os.fork() == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            time.sleep(late)            # a child spawned during the shutdown
-            os._exit(0)
-        for c in children:
-            os.waitpid(c, 0)
-        os._exit(0)
-
-    def cold(signum, frame):
-        for c in children + [grandchild]:
-            try:
-                os.kill(c, signal.SIGKILL)
-            except OSError:
-                pass
-        for c in children:
-            os.waitpid(c, 0)
-        os._exit(3)
-
-    signal.signal(signal.SIGTERM, warm)
-    signal.signal(signal.SIGQUIT, cold if quit_mode == 'cold' else signal.SIG_IGN)
-    sys.stdout.write('ready\\n')
-    sys.stdout.flush()
-    while True:
-        time.sleep(60)
-''')
-
 
 class LocalManager:
     """A fake manager layer over a real local process tree: stop = SIGTERM to the main process only."""
@@ -1056,7 +729,7 @@ class LocalManager:
 
     def stop(self, svc):
         self.stopped.append(svc.name)
-        # The workers' tasks start their time now (see FAKE_WORKER).
+        # The workers' tasks start their time now (see FAKE_WORKER in fake_world.py).
         with open(self.popens[svc.name].go, 'w'):
             pass
         os.kill(svc.main_pid, signal.SIGTERM)
@@ -1072,31 +745,6 @@ class LocalManager:
 
     def left_running_note(self, svc):
         return 'the test cleans up'
-
-
-@pytest.fixture
-def real_workers(tmp_path):
-    started = {}
-
-    def start(name, task, quit_mode='cold', late=0.0):
-        go = str(tmp_path / ('go-' + name))
-        p = subprocess.Popen([sys.executable, '-c', FAKE_WORKER, str(task), quit_mode, str(late), go],
-                             stdout=subprocess.PIPE)
-        assert p.stdout.readline() == b'ready\n'
-        p.go = go
-        started[name] = p
-        return p
-
-    yield start, started
-    fs = ProcFS()
-    for p in started.values():
-        for pid in fs.descendants([p.pid]) | set([p.pid]):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        p.wait()
-        p.stdout.close()
 
 
 def pidfd_modes():
