@@ -49,7 +49,7 @@ def released_everywhere(release):
         # No process of the app runs code of another release.
         for pid, cwd, cmdline in app_process_cwds(host):
             assert cwd == "%s/releases/%s" % (ROOT, release), "%s: pid %s (%s) runs in %s" % (host, pid, cmdline, cwd)
-        assert handover_left(host) == "", "%s: stand-in workers left: %s" % (host, handover_left(host))
+        assert handover_left(host) == "", "%s: handover workers left: %s" % (host, handover_left(host))
     assert sum(beat_count(h) for h in HOSTS) == 1
 
 
