@@ -22,14 +22,23 @@ source "${REPO_ROOT}/tests/matrix/lib.sh"
 
 LOG_DIR="${CACHE_DIR}/logs/matrix"
 EXTRA_COLLECTIONS="${MATRIX_CACHE}/extra-collections"
-# Every capability but those this kernel's bounding set or Docker refuses
-# (--privileged fails here), as the Molecule platforms have them: systemd's
-# sandboxing of the units needs them.
-CAPS=(AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER
-      FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE MKNOD NET_ADMIN
-      NET_BIND_SERVICE NET_BROADCAST NET_RAW SETFCAP SETGID SETPCAP SETUID SYS_ADMIN SYS_BOOT
-      SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO SYS_TIME SYS_TTY_CONFIG SYSLOG
-      WAKE_ALARM)
+# docker run options of a systemd host, read from the one definition the
+# Molecule scenarios boot theirs by (molecule/resources/vars/systemd_host.yml).
+mapfile -t SYSTEMD_HOST_ARGS < <(python3 - "${REPO_ROOT}/molecule/resources/vars/systemd_host.yml" <<'PY'
+import sys
+import yaml
+with open(sys.argv[1]) as handle:
+    host = yaml.safe_load(handle)["celeryops_systemd_host"]
+args = ["--cgroupns=%s" % host["cgroupns_mode"]]
+args += ["--volume=%s" % volume for volume in host["volumes"]]
+args += ["--tmpfs=%s" % path for path in host["tmpfs"]]
+args += ["--security-opt=%s" % opt for opt in host["security_opts"]]
+args += ["--cap-add=%s" % cap for cap in host["capabilities"]]
+print("\n".join(args))
+PY
+)
+SYSTEMD_HOST_COMMAND="$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["celeryops_systemd_host"]["command"])' \
+  "${REPO_ROOT}/molecule/resources/vars/systemd_host.yml")"
 
 LINES=()
 
@@ -87,7 +96,7 @@ ensure_docker_collection() {
 # In a subshell: the environment it sets is that line's only. Run as the
 # condition of check's `if`, where errexit is off: every step says `|| exit`.
 converge_line() (
-  local line="$1" venv ctr="matrix-$1" broker="matrix-broker-$1" net="celeryops-matrix-$1" coll out cap
+  local line="$1" venv ctr="matrix-$1" broker="matrix-broker-$1" net="celeryops-matrix-$1" coll out
   venv="$(line_venv "$line")"
   coll="${MATRIX_CACHE}/collections-${line}"
   export ANSIBLE_COLLECTIONS_PATH="${coll}:${EXTRA_COLLECTIONS}" ANSIBLE_ROLES_PATH=/nonexistent
@@ -99,11 +108,9 @@ converge_line() (
   remove_line_containers "$line"
   docker network create "$net" >/dev/null || exit 1
   docker run -d --name "$broker" --network "$net" "${IMAGE_PREFIX}/redis:latest" >/dev/null || exit 1
-  local run=(docker run -d --name "$ctr" --hostname "$ctr" --network "$net"
-    --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --tmpfs /tmp
-    --security-opt seccomp=unconfined --security-opt apparmor=unconfined)
-  for cap in "${CAPS[@]}"; do run+=(--cap-add "$cap"); done
-  "${run[@]}" "${IMAGE_PREFIX}/debian-12:latest" /lib/systemd/systemd >/dev/null || exit 1
+  ((${#SYSTEMD_HOST_ARGS[@]} > 0)) || die "no systemd host options read from molecule/resources/vars/systemd_host.yml"
+  docker run -d --name "$ctr" --hostname "$ctr" --network "$net" "${SYSTEMD_HOST_ARGS[@]}" \
+    "${IMAGE_PREFIX}/debian-12:latest" "${SYSTEMD_HOST_COMMAND}" >/dev/null || exit 1
   # The end of boot, before any module runs: systemd-tmpfiles empties /tmp
   # while booting, and with it a module's payload unpacked there.
   # (systemctl answers only once systemd's bus is up: ask again until then.)
