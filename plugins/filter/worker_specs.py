@@ -33,7 +33,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 # a percentage of the host's memory, or infinity.
 MEMORY_PATTERN = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?[KMGT]?|[0-9]+(?:\.[0-9]+)?%|infinity)$")
 # Whole-number fields below 1 that Celery would reject or misread.
-MINIMUMS = {"concurrency": 1, "max_tasks_per_child": 1, "max_memory_per_child": 1}
+MINIMUMS = {"concurrency": 1, "max_tasks_per_child": 1, "max_memory_per_child": 1, "prefetch_multiplier": 1}
 # Fields compared with their choices case-insensitively.
 UPPERCASE = ("loglevel",)
 # The command line, in this order: field -> `celery worker` flag. A list value
@@ -47,6 +47,7 @@ FLAGS = (
     ("concurrency", "--concurrency"),
     ("max_tasks_per_child", "--max-tasks-per-child"),
     ("max_memory_per_child", "--max-memory-per-child"),
+    ("prefetch_multiplier", "--prefetch-multiplier"),
     ("loglevel", "--loglevel"),
 )
 

@@ -158,3 +158,21 @@ def test_good_input_passes_the_same_checks_in_check_mode(host, marker):
     assert failed_tasks(report) == []
     assert report["stats"] and all(stats.get("failures", 0) == 0 for stats in report["stats"].values()), report["stats"]
     assert changed_paths(host, marker) == [], "check mode changed the host"
+    # The shared checks (roles common and app, dependencies of every role)
+    # run once per host and play, however many roles of the play need them.
+    for shared in ("celeryops.celery.common : Check the app name", "celeryops.celery.app : Check and complete the worker list"):
+        runs = shared_check_runs(report, shared)
+        assert runs and all(count == 1 for count in runs.values()), "%s ran %r times (play, host)" % (shared, runs)
+
+
+def shared_check_runs(report, name):
+    """{(play, host): how many times the task `name` ran there} from a JSON report."""
+    runs = {}
+    for index, play in enumerate(report.get("plays", [])):
+        for task in play.get("tasks", []):
+            if task["task"]["name"] != name:
+                continue
+            for hostname, res in task.get("hosts", {}).items():
+                if not res.get("skipped"):
+                    runs[(index, hostname)] = runs.get((index, hostname), 0) + 1
+    return runs

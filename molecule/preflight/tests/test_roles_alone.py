@@ -110,6 +110,10 @@ def test_the_roles_alone_provision_the_host(first_run):
     for role in ("env", "logdirs", "systemd", "beat", "supervisor"):
         assert "TASK [celeryops.celery.%s : " % role in output, role
     assert "celeryops.celery.worker" not in output, "the worker role ran"
+    # Each of the three plays runs the shared checks once (the common and app
+    # roles are dependencies of every role it applies), not once per role.
+    for shared in ("celeryops.celery.common : Check the app name", "celeryops.celery.app : Check and complete the worker list"):
+        assert output.count("TASK [%s]" % shared) == 3, (shared, output.count("TASK [%s]" % shared))
 
 
 def test_the_worker_answers_ping(first_run, celery):

@@ -14,7 +14,8 @@ DEFAULTS = {"queues": ["celery"], "concurrency": 2, "pool": "prefork", "max_task
 def test_fills_in_fields_from_the_defaults():
     [worker] = worker_specs([{"name": "default"}], DEFAULTS)
     assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "pool": "prefork",
-                      "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None, "loglevel": "INFO",
+                      "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None,
+                      "prefetch_multiplier": None, "loglevel": "INFO",
                       "extra_args": [],
                       "options": ["--queues=celery", "--pool=prefork", "--concurrency=2", "--loglevel=INFO"]}
 
@@ -37,6 +38,15 @@ def test_options_carry_every_field_in_command_line_order_with_extra_args_last():
                               "loglevel": "warning", "extra_args": ["-O", "fair"]}], {})
     assert worker["options"] == ["--queues=a,b", "--pool=threads", "--concurrency=16", "--max-tasks-per-child=100",
                                  "--max-memory-per-child=200000", "--loglevel=WARNING", "-O", "fair"]
+
+
+def test_prefetch_multiplier_reaches_the_command_line_only_when_set():
+    [unset, one] = worker_specs([{"name": "a"}, {"name": "b", "prefetch_multiplier": "1"}], {})
+    assert unset["prefetch_multiplier"] is None
+    assert not any(option.startswith("--prefetch-multiplier") for option in unset["options"])
+    assert one["prefetch_multiplier"] == 1
+    assert "--prefetch-multiplier=1" in one["options"]
+    assert one["options"].index("--prefetch-multiplier=1") < one["options"].index("--loglevel=INFO")
 
 
 def test_a_null_entry_field_falls_back_to_the_spec_not_to_the_defaults():
@@ -71,6 +81,7 @@ def test_entry_fields_win_and_are_normalised():
     ([{"name": "../x"}], "is not a safe unit name"),
     ([{"name": "x@y"}], "is not a safe unit name"),
     ([{"name": "a", "concurrency": 0}], "celery_workers[0].concurrency must be 1 or more; got 0"),
+    ([{"name": "a", "prefetch_multiplier": 0}], "celery_workers[0].prefetch_multiplier must be 1 or more; got 0"),
     ([{"name": "a", "concurrency": "many"}], "celery_workers[0].concurrency must be a whole number"),
     ([{"name": "a", "concurrency": True}], "celery_workers[0].concurrency must be a whole number"),
     ([{"name": "a", "pool": "greenlet"}], "celery_workers[0].pool must be one of prefork, threads, solo, eventlet, gevent"),
