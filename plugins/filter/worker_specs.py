@@ -33,7 +33,17 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 # a percentage of the host's memory, or infinity.
 MEMORY_PATTERN = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?[KMGT]?|[0-9]+(?:\.[0-9]+)?%|infinity)$")
 # Whole-number fields below 1 that Celery would reject or misread.
-MINIMUMS = {"concurrency": 1, "max_tasks_per_child": 1, "max_memory_per_child": 1, "prefetch_multiplier": 1}
+MINIMUMS = {"concurrency": 1, "max_tasks_per_child": 1, "max_memory_per_child": 1, "prefetch_multiplier": 1,
+            "time_limit": 1, "soft_time_limit": 1}
+# What each pool does with autoscale and time limits (Celery 5): threads and
+# solo cannot grow or shrink; only prefork interrupts a task at its soft limit
+# (a signal to the pool process); gevent enforces the hard limit alone
+# (gevent.Timeout); eventlet, threads and solo enforce neither. A limit the
+# pool ignores is refused rather than left to never fire.
+POOLS_THAT_SCALE = ("prefork", "gevent", "eventlet")
+POOLS_WITH_TIME_LIMIT = ("prefork", "gevent")
+POOLS_WITH_SOFT_TIME_LIMIT = ("prefork",)
+AUTOSCALE_PATTERN = re.compile(r"^\s*([0-9]+)\s*(?:,\s*([0-9]+)\s*)?$")
 # Fields compared with their choices case-insensitively.
 UPPERCASE = ("loglevel",)
 # The command line, in this order: field -> `celery worker` flag. A list value
@@ -45,9 +55,12 @@ FLAGS = (
     ("queues", "--queues"),
     ("pool", "--pool"),
     ("concurrency", "--concurrency"),
+    ("autoscale", "--autoscale"),
     ("max_tasks_per_child", "--max-tasks-per-child"),
     ("max_memory_per_child", "--max-memory-per-child"),
     ("prefetch_multiplier", "--prefetch-multiplier"),
+    ("time_limit", "--time-limit"),
+    ("soft_time_limit", "--soft-time-limit"),
     ("loglevel", "--loglevel"),
 )
 
@@ -141,6 +154,66 @@ def _checked(where, worker):
     worker["queues"] = queues
     if worker.get("memory_max") is not None:
         worker["memory_max"] = _memory_field(where, worker["memory_max"])
+    if worker.get("autoscale") is not None:
+        worker["autoscale"] = _autoscale_field(where, worker)
+    _check_time_limits(where, worker)
+
+
+def _given(source, field):
+    value = source.get(field)
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _autoscale_or_concurrency(where, entry, defaults, worker):
+    """autoscale sizes the pool itself, so it and concurrency are refused
+    together in one entry or in celery_worker_defaults; between an entry and
+    the defaults, the entry's choice wins."""
+    for source, name in ((entry, where), (defaults, "celery_worker_defaults")):
+        if _given(source, "autoscale") and _given(source, "concurrency"):
+            raise AnsibleFilterError(
+                "%s sets both autoscale and concurrency: autoscale ('max,min') sizes the pool itself, between min and max"
+                " processes; set one of them." % name)
+    if worker.get("autoscale") is None:
+        return
+    if _given(entry, "concurrency"):
+        worker["autoscale"] = None
+    else:
+        worker["concurrency"] = None
+
+
+def _autoscale_field(where, worker):
+    value = worker["autoscale"]
+    match = AUTOSCALE_PATTERN.match(to_text(value))
+    if not match:
+        raise AnsibleFilterError(
+            "%s.autoscale must be 'max,min' (e.g. '10,3'): the most and the fewest pool processes; got %r." % (where, value))
+    most, fewest = int(match.group(1)), int(match.group(2) or 0)
+    if most < 1 or fewest > most:
+        raise AnsibleFilterError(
+            "%s.autoscale must be 'max,min' with max 1 or more and min from 0 to max; got %r (max %d, min %d)." % (
+                where, value, most, fewest))
+    if worker["pool"] not in POOLS_THAT_SCALE:
+        raise AnsibleFilterError(
+            "%s.autoscale needs a pool that grows and shrinks (%s); the %s pool cannot. Use concurrency instead." % (
+                where, ", ".join(POOLS_THAT_SCALE), worker["pool"]))
+    return "%d,%d" % (most, fewest)
+
+
+def _check_time_limits(where, worker):
+    hard, soft, pool = worker.get("time_limit"), worker.get("soft_time_limit"), worker["pool"]
+    if hard is not None and pool not in POOLS_WITH_TIME_LIMIT:
+        raise AnsibleFilterError(
+            "%s.time_limit would never fire: the %s pool does not enforce time limits; %s do." % (
+                where, pool, " and ".join(POOLS_WITH_TIME_LIMIT)))
+    if soft is not None and pool not in POOLS_WITH_SOFT_TIME_LIMIT:
+        raise AnsibleFilterError(
+            "%s.soft_time_limit would never fire: the %s pool does not raise SoftTimeLimitExceeded; only %s does%s." % (
+                where, pool, " and ".join(POOLS_WITH_SOFT_TIME_LIMIT),
+                " (gevent enforces time_limit alone)" if pool in POOLS_WITH_TIME_LIMIT else ""))
+    if hard is not None and soft is not None and soft >= hard:
+        raise AnsibleFilterError(
+            "%s.soft_time_limit (%d s) must be below %s.time_limit (%d s): the soft limit warns the task, which the hard"
+            " limit then kills." % (where, soft, where, hard))
 
 
 def worker_options(worker):
@@ -195,6 +268,7 @@ def worker_specs(workers, defaults=None, variable="celery_workers"):
             elif value is not None:
                 value = _typed(where, field, option, value)
             worker[field] = value
+        _autoscale_or_concurrency(where, entry, defaults, worker)
         _checked(where, worker)
         if worker["name"] in seen:
             raise AnsibleFilterError("%s.name %r is a duplicate of %s[%d].name: worker names must be unique." % (

@@ -13,9 +13,9 @@ DEFAULTS = {"queues": ["celery"], "concurrency": 2, "pool": "prefork", "max_task
 
 def test_fills_in_fields_from_the_defaults():
     [worker] = worker_specs([{"name": "default"}], DEFAULTS)
-    assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "pool": "prefork",
+    assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "autoscale": None, "pool": "prefork",
                       "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None,
-                      "prefetch_multiplier": None, "loglevel": "INFO",
+                      "prefetch_multiplier": None, "time_limit": None, "soft_time_limit": None, "loglevel": "INFO",
                       "extra_args": [],
                       "options": ["--queues=celery", "--pool=prefork", "--concurrency=2", "--loglevel=INFO"]}
 
@@ -97,6 +97,20 @@ def test_entry_fields_win_and_are_normalised():
     ([{"name": "a", "memory_max": "0"}], "celery_workers[0].memory_max must be a memory size for systemd's MemoryMax=, above 0"),
     ([{"name": "a", "memory_max": "150%"}], "celery_workers[0].memory_max must be a memory size"),
     ([{"name": "a", "memory_max": True}], "celery_workers[0].memory_max must be a memory size"),
+    ([{"name": "a", "autoscale": "10,3", "concurrency": 4}], "celery_workers[0] sets both autoscale and concurrency"),
+    ([{"name": "a", "autoscale": "ten"}], "celery_workers[0].autoscale must be 'max,min' (e.g. '10,3')"),
+    ([{"name": "a", "autoscale": "3,10"}], "celery_workers[0].autoscale must be 'max,min' with max 1 or more and min from 0 to max"),
+    ([{"name": "a", "autoscale": "0"}], "with max 1 or more"),
+    ([{"name": "a", "autoscale": "4,1", "pool": "threads"}], "celery_workers[0].autoscale needs a pool that grows and shrinks"),
+    ([{"name": "a", "autoscale": "4,1", "pool": "solo"}], "the solo pool cannot"),
+    ([{"name": "a", "time_limit": 0}], "celery_workers[0].time_limit must be 1 or more"),
+    ([{"name": "a", "time_limit": 60, "soft_time_limit": 60}],
+     "celery_workers[0].soft_time_limit (60 s) must be below celery_workers[0].time_limit (60 s)"),
+    ([{"name": "a", "time_limit": 60, "pool": "eventlet"}], "celery_workers[0].time_limit would never fire: the eventlet pool"),
+    ([{"name": "a", "time_limit": 60, "pool": "threads"}], "the threads pool does not enforce time limits; prefork and gevent do"),
+    ([{"name": "a", "soft_time_limit": 5, "pool": "gevent"}],
+     "celery_workers[0].soft_time_limit would never fire: the gevent pool does not raise SoftTimeLimitExceeded"),
+    ([{"name": "a", "soft_time_limit": 5, "pool": "solo"}], "only prefork does"),
     (["default"], "celery_workers[0] must be a dict"),
 ])
 def test_bad_workers_fail_with_a_message_naming_the_field(workers, message):
@@ -117,6 +131,32 @@ def test_memory_max_takes_systemd_memory_sizes(value, expected):
 def test_memory_max_comes_from_the_defaults_too():
     [worker] = worker_specs([{"name": "a"}], dict(DEFAULTS, memory_max="1G"))
     assert worker["memory_max"] == "1G"
+
+
+def test_autoscale_replaces_concurrency_on_the_command_line():
+    [scaled] = worker_specs([{"name": "a", "autoscale": " 8 , 2 "}], DEFAULTS)
+    assert scaled["autoscale"] == "8,2" and scaled["concurrency"] is None
+    assert scaled["options"] == ["--queues=celery", "--pool=prefork", "--autoscale=8,2", "--loglevel=INFO"]
+    [green] = worker_specs([{"name": "g", "autoscale": 100, "pool": "gevent"}], {})
+    assert "--autoscale=100,0" in green["options"]
+
+
+def test_between_an_entry_and_the_defaults_the_entrys_pool_size_wins():
+    [scaled, fixed] = worker_specs([{"name": "a", "autoscale": "8,2"}, {"name": "b", "concurrency": 3}],
+                                   {"autoscale": "4,1"})
+    assert (scaled["autoscale"], scaled["concurrency"]) == ("8,2", None)
+    assert (fixed["autoscale"], fixed["concurrency"]) == (None, 3)
+    [from_defaults] = worker_specs([{"name": "c"}], {"autoscale": "4,1"})
+    assert "--autoscale=4,1" in from_defaults["options"] and from_defaults["concurrency"] is None
+    with pytest.raises(AnsibleFilterError, match=r"celery_worker_defaults sets both autoscale and concurrency"):
+        worker_specs([{"name": "d"}], {"autoscale": "4,1", "concurrency": 2})
+
+
+def test_time_limits_reach_the_command_line_where_the_pool_enforces_them():
+    [prefork, green] = worker_specs([{"name": "a", "time_limit": 30, "soft_time_limit": "20"},
+                                     {"name": "g", "pool": "gevent", "time_limit": 30}], {})
+    assert prefork["options"][-3:] == ["--time-limit=30", "--soft-time-limit=20", "--loglevel=INFO"]
+    assert "--time-limit=30" in green["options"] and green["soft_time_limit"] is None
 
 
 def test_unknown_default_fields_are_refused():
