@@ -1,20 +1,27 @@
 """Every bad input fails in argument specs or a preflight check, before any
 change on the host, with a message that names the variable and what is allowed.
 
-Each case runs the site playbook against a pristine host, the way a user would
-(`ansible-playbook celeryops.celery.site -e ...`), and reads the run's JSON
-report: the words must be in the failed task's own message (an argument-spec
-failure reports the whole spec elsewhere, so the whole output would say
-anything). It then checks that nothing on the host changed since a marker made
-once, before the first case of this run, on whichever xdist worker gets there
-first."""
+The cases run the site playbook against the pristine host the way a user
+would (`ansible-playbook celeryops.celery.site`), all in one run: each case is
+a host of its own in that run (an alias of the same container, its bad input
+as host variables), so one case's failure stops that host alone. From the
+run's JSON report each case needs its own host to have failed with the words
+in a failed task's own message (an argument-spec failure reports the whole
+spec elsewhere, so the whole output would say anything) and to have changed
+nothing; then nothing on the container may have changed since a marker made
+before the run."""
+import json
+import os
+import re
 import uuid
 
 import pytest
 
-from celery_checks import failed_tasks, json_report, run_site
+from celery_checks import SHARED_CHECKS, failed_tasks, json_report, run_site, shared_check_runs
 
 testinfra_hosts = ["ansible://celery_workers"]
+# The cases share one run: one xdist worker runs them all.
+pytestmark = pytest.mark.xdist_group("bad_input")
 
 # What may change while nothing is provisioned: Ansible's own temp files,
 # systemd's and the kernel's runtime state, apt's simulation in check mode.
@@ -87,6 +94,45 @@ CASES = {
     "unknown worker field": (
         {"celery_workers": [{"name": "default", "colour": "red"}]},
         ["celery_workers.colour", "Supported parameters", "queues"]),
+    "autoscale with concurrency": (
+        {"celery_workers": [{"name": "default", "autoscale": "4,1", "concurrency": 4}]},
+        ["celery_workers[0] sets both autoscale and concurrency", "set one of them"]),
+    "autoscale min above max": (
+        {"celery_workers": [{"name": "default", "autoscale": "2,8"}]},
+        ["celery_workers[0].autoscale must be 'max,min'", "min from 0 to max", "'2,8'"]),
+    "autoscale on a pool that cannot grow": (
+        {"celery_workers": [{"name": "default", "pool": "threads", "autoscale": "4,1"}]},
+        ["celery_workers[0].autoscale", "prefork, gevent, eventlet", "the threads pool cannot"]),
+    "soft time limit not below the hard one": (
+        {"celery_workers": [{"name": "default", "time_limit": 30, "soft_time_limit": 30}]},
+        ["celery_workers[0].soft_time_limit (30 s) must be below celery_workers[0].time_limit (30 s)"]),
+    "time limit the pool ignores": (
+        {"celery_workers": [{"name": "default", "pool": "eventlet", "time_limit": 30}]},
+        ["celery_workers[0].time_limit would never fire", "eventlet pool", "prefork and gevent"]),
+    "green pool the packages lack": (
+        {"celery_workers": [{"name": "io", "pool": "gevent"}]},
+        ["celery_workers io use pool 'gevent'", "celery_pip_packages", "celery[redis,gevent]"]),
+    "stop timeout at the Redis redelivery timeout": (
+        {"celery_broker_url": "redis://broker:6379/0", "celery_stop_timeout": 3600},
+        ["celery_stop_timeout (3600 s) must be below celery_broker_redelivery_timeout (3600 s, the default for redis://)",
+         "visibility_timeout", "runs a second time"]),
+    "stop timeout above the RabbitMQ consumer timeout": (
+        {"celery_broker_url": "amqp://app:secret@broker:5672/app", "celery_stop_timeout": 2400},
+        ["celery_stop_timeout (2400 s) must be below celery_broker_redelivery_timeout (1800 s, the default for amqp://)",
+         "consumer_timeout", "loses its channel"]),
+    "stop timeout above a redelivery timeout set lower": (
+        {"celery_broker_redelivery_timeout": "300", "celery_stop_timeout": 600},
+        ["celery_stop_timeout (600 s) must be below celery_broker_redelivery_timeout (300 s, as set)"]),
+    "redelivery timeout that is no number": (
+        {"celery_broker_redelivery_timeout": "soon"},
+        ["celery_broker_redelivery_timeout must be auto", "'soon'"]),
+    "eventlet through Celery's extra alone": (
+        {"celery_pip_packages": ["celery[redis,eventlet]==5.7.0"], "celery_workers": [{"name": "io", "pool": "eventlet"}]},
+        ["celery_workers io use pool 'eventlet'", "add eventlet itself", "installs nothing on Python 3.10 and newer"]),
+    "green pool the virtualenv lacks": (
+        {"celery_venv_create": False, "celery_venv": "/opt/celery-without-gevent",
+         "celery_workers": [{"name": "io", "pool": "gevent"}]},
+        ["celery_workers io use pool 'gevent'", "celery_venv '/opt/celery-without-gevent'", "cannot import the 'gevent' package"]),
 }
 
 
@@ -129,23 +175,44 @@ def failure_messages(result):
     return messages
 
 
+def case_host(case):
+    return "bad-" + re.sub(r"[^a-z0-9]+", "-", case.lower()).strip("-")
+
+
+@pytest.fixture(scope="module")
+def cases_run(host, marker, tmp_path_factory):
+    """One site run over every case: the hosts of the group celery_bad_input,
+    a child of celery_workers (so they get its variables), each an alias of
+    the scenario's worker host with its case's input."""
+    target = host.backend.get_hostname()
+    cases = {case_host(case): dict(extra_vars, ansible_host=target, ansible_connection="community.docker.docker")
+             for case, (extra_vars, _) in CASES.items()}
+    assert len(cases) == len(CASES), "two cases share a host name"
+    inventory = tmp_path_factory.mktemp("bad-input") / "cases.yml"
+    inventory.write_text(json.dumps({"celery_bad_input": {"hosts": cases},
+                                     "celery_workers": {"children": {"celery_bad_input": {}}}}))
+    result = run_site(inventory=[os.environ["MOLECULE_INVENTORY_FILE"], str(inventory)], limit="celery_bad_input",
+                      callback="ansible.builtin.json", forks=len(cases))
+    report = json_report(result)
+    assert set(report["stats"]) == set(cases), "the run did not cover every case: %s" % sorted(report["stats"])
+    return result, report, failure_messages(result), changed_paths(host, marker)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_fails_before_any_change(host, marker, case):
-    extra_vars, expected = CASES[case]
+def test_bad_input_fails_before_any_change(host, cases_run, case):
+    _, expected = CASES[case]
+    result, report, failures, changed = cases_run
+    name = case_host(case)
     if case == "UID 0 under another name":
         entry = host.run("getent passwd %s" % UID0_USER).stdout.split(":")
         assert len(entry) > 2 and entry[2] == "0", "%s is not an existing user with UID 0: %r" % (UID0_USER, entry)
-    result = run_site(extra_vars, callback="ansible.builtin.json")
-    assert result.returncode != 0, "the play succeeded with bad input (%s):\n%s" % (case, result.stdout[-3000:])
-    report = json_report(result)
-    failures = failure_messages(result)
-    assert failures, "no task failed (%s):\n%s\n%s" % (case, result.stdout[-3000:], result.stderr[-3000:])
-    for hostname, messages in failures.items():
-        assert any(all(words in msg for words in expected) for msg in messages), \
-            "no failed task's message on %s says all of %r (%s):\n%s" % (hostname, expected, case, "\n".join(messages))
-    for hostname, stats in report["stats"].items():
-        assert stats.get("changed", 0) == 0, "%s reports changes before the error (%s): %r" % (hostname, case, stats)
-    assert changed_paths(host, marker) == [], "the host changed before the error"
+    messages = failures.get(name)
+    assert messages, "no task failed for %s (%s); stats %r:\n%s" % (name, case, report["stats"].get(name), result.stderr[-3000:])
+    assert any(all(words in msg for words in expected) for msg in messages), \
+        "no failed task's message says all of %r (%s):\n%s" % (expected, case, "\n".join(messages))
+    stats = report["stats"][name]
+    assert stats.get("changed", 0) == 0, "%s reports changes before the error: %r" % (case, stats)
+    assert changed == [], "the host changed before the errors: %s" % changed
     assert host.run("getent passwd testapp").rc != 0, "the app user was created"
 
 
@@ -160,19 +227,6 @@ def test_good_input_passes_the_same_checks_in_check_mode(host, marker):
     assert changed_paths(host, marker) == [], "check mode changed the host"
     # The shared checks (roles common and app, dependencies of every role)
     # run once per host and play, however many roles of the play need them.
-    for shared in ("celeryops.celery.common : Check the app name", "celeryops.celery.app : Check and complete the worker list"):
+    for shared in SHARED_CHECKS:
         runs = shared_check_runs(report, shared)
         assert runs and all(count == 1 for count in runs.values()), "%s ran %r times (play, host)" % (shared, runs)
-
-
-def shared_check_runs(report, name):
-    """{(play, host): how many times the task `name` ran there} from a JSON report."""
-    runs = {}
-    for index, play in enumerate(report.get("plays", [])):
-        for task in play.get("tasks", []):
-            if task["task"]["name"] != name:
-                continue
-            for hostname, res in task.get("hosts", {}).items():
-                if not res.get("skipped"):
-                    runs[(index, hostname)] = runs.get((index, hostname), 0) + 1
-    return runs

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from celery_checks import CeleryHost, run_site
+from celery_checks import SHARED_CHECKS, CeleryHost, run_site
 
 testinfra_hosts = ["ansible://celery_workers"]
 pytestmark = pytest.mark.xdist_group("roles_alone")
@@ -112,7 +112,7 @@ def test_the_roles_alone_provision_the_host(first_run):
     assert "celeryops.celery.worker" not in output, "the worker role ran"
     # Each of the three plays runs the shared checks once (the common and app
     # roles are dependencies of every role it applies), not once per role.
-    for shared in ("celeryops.celery.common : Check the app name", "celeryops.celery.app : Check and complete the worker list"):
+    for shared in SHARED_CHECKS:
         assert output.count("TASK [%s]" % shared) == 3, (shared, output.count("TASK [%s]" % shared))
 
 

@@ -17,7 +17,8 @@ import yaml
 
 from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, active_ids, app_process_cwds, beat_count,
                             handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
-from celery_checks import assert_held_task_ran_once, failed_tasks, json_report, recap, wait, while_held
+from celery_checks import (SHARED_CHECKS, assert_held_task_ran_once, failed_tasks, json_report, recap, shared_check_runs, wait,
+                           while_held)
 
 RELEASES = {}
 # How much longer than with nothing switching a host's own queue may pause
@@ -119,7 +120,12 @@ def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, 
 
 def test_rollback_brings_the_previous_release_back_the_same_way(quiet_pause):
     with Stream() as stream:
-        ok(playbook("rollback"))
+        report = json_report(ok(playbook("rollback", callback="ansible.builtin.json")))
+    # The shared checks ran once per host and play, though the rollback's
+    # plays apply several roles that need them.
+    for shared in SHARED_CHECKS:
+        runs = shared_check_runs(report, shared)
+        assert {host for _play, host in runs} == set(HOSTS) and set(runs.values()) == {1}, (shared, runs)
     print(json.dumps(stream.summary()))
     assert stream.lost() == [] and stream.duplicated() == [], stream.summary()
     assert_no_pause(stream, quiet_pause)
@@ -181,6 +187,10 @@ BAD_INPUT = {
     "unsafe release id": ({"celery_release_id": "../x"}, ["celery_release_id", "letters, digits"]),
     "unknown strategy": ({"celery_release_strategy": "bluegreen"}, ["celery_release_strategy", "overlap", "restart"]),
     "warm-shutdown window below 1": ({"celery_release_stop_timeout": 0}, ["celery_release_stop_timeout", "at least 1"]),
+    "warm-shutdown window at the redelivery timeout": (
+        {"celery_release_stop_timeout": 3600},
+        ["celery_release_stop_timeout (3600 s) must be below celery_broker_redelivery_timeout (3600 s, the default for redis://)",
+         "visibility_timeout"]),
     "unknown on_timeout": ({"celery_release_on_timeout": "wait"}, ["celery_release_on_timeout", "fail", "cold", "kill"]),
     "too few releases kept": ({"celery_releases_keep": 1}, ["celery_releases_keep", "2 or more"]),
     "virtualenv outside the release": ({"celery_venv": "/opt/venv"}, ["celery_venv", "/.venv"]),

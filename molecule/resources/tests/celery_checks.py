@@ -11,17 +11,21 @@ import uuid
 
 
 def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.celery.site", limit=None,
-             callback="ansible.builtin.default", diff=False):
-    """ansible-playbook against the scenario's hosts; returns the CompletedProcess.
-    With callback="ansible.builtin.json", stdout is one JSON report (see failed_tasks)."""
-    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], playbook,
-           "-e", json.dumps(extra_vars or {})]
+             callback="ansible.builtin.default", diff=False, forks=None):
+    """ansible-playbook against the scenario's hosts (or `inventory`: a path,
+    or a list of them); returns the CompletedProcess. With
+    callback="ansible.builtin.json", stdout is one JSON report (see failed_tasks)."""
+    inventories = inventory if isinstance(inventory, list) else [inventory or os.environ["MOLECULE_INVENTORY_FILE"]]
+    cmd = ["ansible-playbook"] + [arg for path in inventories for arg in ("-i", path)] + [
+        playbook, "-e", json.dumps(extra_vars or {})]
     if check:
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
     if limit:
         cmd += ["--limit", limit]
+    if forks:
+        cmd += ["--forks", str(forks)]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK=callback)
     # A bound that only stops a hung run: a release on a loaded machine has
     # taken over 20 minutes.
@@ -52,6 +56,24 @@ def failed_tasks(report):
                              if item.get("failed") or "exception" in item or item.get("evaluated_to") is False]
                 failed.append((task["task"]["name"], host, "\n".join(messages)))
     return failed
+
+
+# The shared checks (roles common and app, dependencies of every role): they
+# must run once per host and play, whichever entry point starts them.
+SHARED_CHECKS = ("celeryops.celery.common : Check the app name", "celeryops.celery.app : Check and complete the worker list")
+
+
+def shared_check_runs(report, name):
+    """{(play, host): how many times the task `name` ran there} from a JSON report."""
+    runs = {}
+    for index, play in enumerate(report.get("plays", [])):
+        for task in play.get("tasks", []):
+            if task["task"]["name"] != name:
+                continue
+            for hostname, res in task.get("hosts", {}).items():
+                if not res.get("skipped"):
+                    runs[(index, hostname)] = runs.get((index, hostname), 0) + 1
+    return runs
 
 
 def recap(output):
@@ -163,18 +185,40 @@ class CeleryHost:
         return wait(predicate, timeout, what, interval)
 
     # -- a task held in flight (see while_held) ---------------------------
-    def hold(self, worker, timeout=120):
-        """Sends hold() to this host and waits until the worker runs it.
-        Returns (task id, the worker's pool processes at that moment, the
-        file that releases it)."""
+    def hold(self, worker, timeout=120, queue=None, green=False):
+        """Sends hold() to this host (to `queue`, else the default queue) and
+        waits until the worker runs it. Returns (task id, the processes that
+        may run it at that moment: the pool processes, or the main process of
+        a green pool, the file that releases it)."""
         node = self.node(worker)
         wait(lambda: self.ping(node), 60, "ping of %s" % node)
         release = "/var/lib/%s/release-%s" % (self.app, uuid.uuid4().hex)
-        task_id = self.probe("send", "hold", release)
+        task_id = self.probe("send", "hold", release, *(["--queue", queue] if queue else []))
         wait(lambda: any(t["id"] == task_id for t in self.active(node)), timeout, "the held task to start on %s" % node)
+        if green:
+            # gevent and eventlet run every task in the worker's own process.
+            return task_id, [self.main_pid(worker)], release
         pool = self.children(self.main_pid(worker))
         assert pool, "no pool process under %s" % self.main_pid(worker)
         return task_id, pool, release
+
+    def restart_while_held(self, worker, queue=None, green=False):
+        """Restarts the worker through its manager while a held task runs on
+        it, released only once the warm shutdown has begun and the restart
+        still waits (see while_held): however slow the machine, the task is in
+        flight through the warm shutdown. Returns the task's result, the
+        processes it may have run in, the old main PID and the worker's log
+        since the hold."""
+        since = int(self.sh("date +%s").stdout)
+        log_offset = self.log_size(worker)
+        task_id, pool, release = self.hold(worker, queue=queue, green=green)
+        old_pid = self.main_pid(worker)
+        while_held(lambda: self.restart(worker),
+                   lambda: "Warm shutdown" in self.log_since(worker, since, offset=log_offset),
+                   lambda: self.release(release), "the warm shutdown of %s to begin" % self.node(worker), timeout=300)
+        self.sh("rm -f %s" % release)
+        result = self.probe("wait", task_id, "--timeout", "120")
+        return result, pool, old_pid, self.log_since(worker, since, offset=log_offset)
 
     def release(self, release_file):
         self.sh("touch %s && chmod 0644 %s" % (release_file, release_file))

@@ -1,22 +1,3 @@
-"""Fixtures of the scenarios' checks; the helpers live in celery_checks.py."""
+"""Fixtures of the scenarios' checks (celery_fixtures.py); the helpers live in celery_checks.py."""
 
-import pytest
-
-from celery_checks import CeleryHost
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Keep each host's checks in one xdist worker, in file order: they stop,
-    restart and kill that host's workers and must not overlap. Hosts still run
-    in parallel."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        host = callspec.params.get("_testinfra_host") if callspec else None
-        if host is not None:
-            item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
-
-
-@pytest.fixture
-def celery(host):
-    return CeleryHost(host)
+from celery_fixtures import celery, pytest_collection_modifyitems  # noqa: F401

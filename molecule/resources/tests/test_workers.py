@@ -72,27 +72,15 @@ def test_a_published_task_is_executed_on_this_host(celery):
 
 
 def test_a_task_in_flight_survives_a_restart(celery):
-    # The task runs until the test releases it, which it does only once the
-    # restart is under way and still waiting: however slow the machine, the
-    # task is in flight through the warm shutdown.
     worker = celery.workers[0]
-    node = celery.node(worker)
-    since = int(celery.sh("date +%s").stdout)
-    log_offset = celery.log_size(worker)
-    task_id, pool, release = celery.hold(worker)
-    old_pid = celery.main_pid(worker)
-    while_held(lambda: celery.restart(worker),
-               lambda: "Warm shutdown" in celery.log_since(worker, since, offset=log_offset),
-               lambda: celery.release(release), "the warm shutdown of %s to begin" % node, timeout=300)
-    celery.sh("rm -f %s" % release)
+    result, pool, old_pid, log = celery.restart_while_held(worker)
     # It ran to its end in the process it started in, once: not killed and
     # delivered again (acks_late and reject_on_worker_lost would hide that).
-    assert_held_task_ran_once(celery.probe("wait", task_id, "--timeout", "120"), pool)
+    assert_held_task_ran_once(result, pool)
     assert celery.main_pid(worker) not in (0, old_pid)
-    log = celery.log_since(worker, since, offset=log_offset)
     assert "WorkerLostError" not in log
     assert "SIGTERM" not in log, log
-    assert celery.wait_for(lambda: celery.ping(node), 60, "ping after restart")
+    assert celery.wait_for(lambda: celery.ping(celery.node(worker)), 60, "ping after restart")
 
 
 def test_a_worker_killed_with_sigkill_comes_back(celery):

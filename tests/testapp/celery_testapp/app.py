@@ -4,6 +4,7 @@ import socket
 import time
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 
 
 def _version():
@@ -34,6 +35,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
+# The pools scenario shows what a short Redis visibility_timeout does to a
+# task that outlives it while its worker drains.
+if os.environ.get("CELERY_TESTAPP_VISIBILITY_TIMEOUT"):
+    app.conf.broker_transport_options = {"visibility_timeout": float(os.environ["CELERY_TESTAPP_VISIBILITY_TIMEOUT"])}
 
 
 def _where():
@@ -61,8 +66,35 @@ def sleep(seconds):
     started = time.time()
     time.sleep(float(seconds))
     result = _where()
-    result.update({"slept": round(time.time() - started, 3)})
+    result.update({"slept": round(time.time() - started, 3), "started": started, "finished": time.time()})
     return result
+
+
+# Time limits (pools scenario): soft_limited sleeps up to `seconds` and reports
+# whether SoftTimeLimitExceeded interrupted it, and when; stubborn swallows
+# that exception and sleeps on, so that only the hard limit ends it.
+@app.task
+def soft_limited(seconds):
+    started = time.time()
+    try:
+        time.sleep(float(seconds))
+        interrupted = False
+    except SoftTimeLimitExceeded:
+        interrupted = True
+    result = _where()
+    result.update({"soft_limit_hit": interrupted, "after": round(time.time() - started, 3)})
+    return result
+
+
+@app.task
+def stubborn(seconds):
+    deadline = time.time() + float(seconds)
+    while time.time() < deadline:
+        try:
+            time.sleep(max(0.0, deadline - time.time()))
+        except SoftTimeLimitExceeded:
+            pass
+    return _where()
 
 
 @app.task

@@ -8,6 +8,8 @@
     python -m celery_testapp.probe stream --queue q1 --queue q2 --interval 0.05 --stop-file /tmp/stop
                                                          # record(seq) tasks until the file exists
     python -m celery_testapp.probe records               # executions of record() so far
+    python -m celery_testapp.probe batch sleep 3 --count 50 --queue gevent --timeout 60
+                                                         # publish count tasks at once, wait for all
 """
 import argparse
 import json
@@ -37,6 +39,12 @@ def main(argv=None):
         cmd.add_argument("args", nargs="*")
         cmd.add_argument("--timeout", type=float, default=60)
         cmd.add_argument("--queue", default=None)
+    batch = sub.add_parser("batch", help="publish --count tasks at once; print when, and each one's state and value")
+    batch.add_argument("task")
+    batch.add_argument("args", nargs="*")
+    batch.add_argument("--count", type=int, default=1)
+    batch.add_argument("--timeout", type=float, default=60)
+    batch.add_argument("--queue", default=None)
     stream = sub.add_parser("stream", help="publish record(seq) every --interval seconds until --stop-file exists")
     stream.add_argument("--queue", action="append", required=True, help="queues, used in turn")
     stream.add_argument("--interval", type=float, default=0.05)
@@ -53,6 +61,8 @@ def main(argv=None):
 
     if opts.command == "stream":
         return _stream(opts)
+    if opts.command == "batch":
+        return _batch(opts)
     if opts.command in ("records", "clear-records", "ticks", "clear-ticks"):
         from .app import STREAM_KEY, TICKS_KEY
         if opts.command.endswith("ticks"):
@@ -76,6 +86,22 @@ def main(argv=None):
         result = app.AsyncResult(opts.task_id)
     value = result.get(timeout=opts.timeout)
     print(json.dumps({"id": result.id, "state": result.state, "result": value}))
+    return 0
+
+
+def _batch(opts):
+    """Publishes --count tasks at once and waits for every one (failures are
+    results too: their state and the exception's repr)."""
+    options = {"queue": opts.queue} if opts.queue else {}
+    published = time.time()
+    sent = [app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options) for _ in range(opts.count)]
+    deadline = time.monotonic() + opts.timeout
+    results = []
+    for result in sent:
+        value = result.get(timeout=max(1.0, deadline - time.monotonic()), propagate=False)
+        results.append({"id": result.id, "state": result.state,
+                        "result": value if result.state == "SUCCESS" else repr(value)})
+    print(json.dumps({"published": published, "results": results}))
     return 0
 
 

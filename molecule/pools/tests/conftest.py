@@ -1,0 +1,3 @@
+"""The shared fixtures of the scenarios' checks (molecule/resources/tests)."""
+
+from celery_fixtures import celery, pytest_collection_modifyitems  # noqa: F401

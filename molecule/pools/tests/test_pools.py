@@ -1,0 +1,163 @@
+"""The pools beyond prefork and the worker options users get wrong, the way a
+user sees them: tasks published to the broker, under systemd (pl-debian-13,
+its sandbox) and under supervisor (pl-ubuntu-2204). The workers are those of
+molecule.yml: default (prefork), gevent and eventlet (100 greenlets each;
+gevent with a hard time limit of 8 s), scale (autoscale 4,1) and limits
+(prefork, soft limit 2 s, hard limit 10 s). Two more workers, started by hand
+with a short Redis visibility_timeout, show what celery_broker_redelivery_timeout
+guards against.
+
+No bound here is sized to the machine's speed: concurrency is shown by tasks
+that were all running at one moment (the latest start before the earliest
+end), the pool's growth by counting its processes while tasks wait, a time
+limit by what the task itself saw."""
+import shlex
+import time
+
+import pytest
+
+from celery_checks import assert_held_task_ran_once, failed_tasks, json_report, run_site
+
+testinfra_hosts = ["ansible://celery_workers"]
+
+GREEN = ("gevent", "eventlet")
+SLEEP = 3
+COUNT = 50
+
+
+def batch(celery, task, *args, count=1, queue, timeout=120):
+    return celery.probe("batch", task, *args, "--count", count, "--queue", queue, "--timeout", timeout)
+
+
+@pytest.mark.parametrize("pool", GREEN)
+def test_a_green_pool_runs_io_bound_tasks_side_by_side(celery, pool):
+    wait_for_ping(celery, pool)
+    run = batch(celery, "sleep", SLEEP, count=COUNT, queue=pool)
+    done = [r["result"] for r in run["results"]]
+    assert all(r["state"] == "SUCCESS" for r in run["results"]), run["results"]
+    # One process, many tasks at once: the worker's main process ran them all,
+    # and every one had started before the first one ended.
+    pids = {d["pid"] for d in done}
+    assert pids == {celery.main_pid(pool)}, "the tasks ran in %s, not in the worker's process" % pids
+    latest_start, earliest_end = max(d["started"] for d in done), min(d["finished"] for d in done)
+    assert latest_start < earliest_end, "the %d tasks were not all running at once (%.2f >= %.2f)" % (
+        COUNT, latest_start, earliest_end)
+    took = max(d["finished"] for d in done) - run["published"]
+    assert took < 2 * SLEEP, "%d tasks of %d s took %.1f s on the %s pool" % (COUNT, SLEEP, took, pool)
+    print("%s: %d tasks of %d s on one %s worker: done %.2f s after publishing" % (
+        celery.hostname, COUNT, SLEEP, pool, took))
+
+
+@pytest.mark.parametrize("pool", GREEN)
+def test_a_task_in_flight_on_a_green_pool_survives_a_warm_restart(celery, pool):
+    result, processes, old_pid, log = celery.restart_while_held(pool, queue=pool, green=True)
+    assert_held_task_ran_once(result, processes)
+    assert celery.main_pid(pool) not in (0, old_pid)
+    assert "WorkerLostError" not in log
+    wait_for_ping(celery, pool)
+
+
+def test_autoscale_grows_the_pool_under_load_and_shrinks_it_after(celery):
+    pid = celery.main_pid("scale")
+    wait_for_ping(celery, "scale")
+    celery.wait_for(lambda: len(celery.children(pid)) == 1, 60, "the scale pool at its minimum, 1 process")
+    # Eight tasks of 6 s wait for four processes at most: the pool grows to 4
+    # while they run, and back to 1 after AUTOSCALE_KEEPALIVE (3 s) without
+    # new tasks.
+    sent = [celery.probe("send", "sleep", "6", "--queue", "scale") for _ in range(8)]
+    grown = celery.wait_for(lambda: len(celery.children(pid)) == 4 and celery.children(pid), 60,
+                            "the scale pool to grow to 4 processes")
+    assert celery.main_pid("scale") == pid
+    results = [celery.probe("wait", task_id, "--timeout", "180") for task_id in sent]
+    assert all(r["state"] == "SUCCESS" for r in results), results
+    ran_in = {r["result"]["pid"] for r in results}
+    assert len(ran_in) > 1 and ran_in <= set(grown), "the tasks ran in %s; the grown pool was %s" % (ran_in, grown)
+    started = time.monotonic()
+    celery.wait_for(lambda: len(celery.children(pid)) == 1, 120, "the scale pool to shrink back to 1 process")
+    print("%s: autoscale 4,1 grew to %d processes and shrank to 1 %.1f s after the last task" % (
+        celery.hostname, len(grown), time.monotonic() - started))
+
+
+def test_a_task_past_its_soft_limit_sees_soft_time_limit_exceeded(celery):
+    wait_for_ping(celery, "limits")
+    run = batch(celery, "soft_limited", 8, queue="limits")
+    [outcome] = run["results"]
+    assert outcome["state"] == "SUCCESS", outcome
+    seen = outcome["result"]
+    assert seen["soft_limit_hit"], "the task slept its 8 s through a soft limit of 2 s: %s" % seen
+    # Celery starts the limit's clock when the pool accepts the task, a moment
+    # before the task's own clock starts.
+    assert 1 <= seen["after"] < 8, seen
+
+
+@pytest.mark.parametrize("worker, limit", [("limits", 10), ("gevent", 8)])
+def test_a_task_that_ignores_its_soft_limit_is_ended_at_the_hard_one(celery, worker, limit):
+    wait_for_ping(celery, worker)
+    run = batch(celery, "stubborn", 60, queue=worker, timeout=120)
+    [outcome] = run["results"]
+    assert outcome["state"] == "FAILURE" and "TimeLimitExceeded" in outcome["result"], outcome
+    wait_for_ping(celery, worker)
+    assert batch(celery, "add", 2, 3, queue=worker)["results"][0]["result"] == 5, "%s runs tasks again" % worker
+
+
+VISIBILITY = 5
+
+
+def start_bare_worker(celery, name):
+    """A worker started by hand, not by the collection, with Redis's
+    visibility_timeout of the test app set to VISIBILITY seconds."""
+    command = celery.in_app("env CELERY_TESTAPP_VISIBILITY_TIMEOUT=%d .venv/bin/celery -A celery_testapp worker -n %s@%%h"
+                            " -Q redeliver -P threads -c 1 --loglevel=INFO --without-mingle --without-gossip" % (VISIBILITY, name))
+    celery.sh("nohup runuser -u %s -- sh -c %s >/tmp/%s.log 2>&1 &" % (celery.user, shlex.quote(command), name))
+    wait_for_ping(celery, name)
+
+
+def worker_pid(celery, name):
+    return int(celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, name)).stdout.split()[0])
+
+
+def test_a_task_outliving_the_redelivery_timeout_while_its_worker_drains_runs_twice(celery):
+    # What celery_broker_redelivery_timeout guards against, shown on Redis:
+    # two workers share a queue, one drains a task longer than the
+    # visibility_timeout, and Redis gives that task to the other as well.
+    names = ("drainer", "bystander")
+    try:
+        for name in names:
+            start_bare_worker(celery, name)
+        release = "/var/lib/%s/release-redeliver" % celery.app
+        celery.sh("rm -f %s" % release)
+        task_id = celery.probe("send", "hold", release, "--queue", "redeliver")
+        running_on = celery.wait_for(
+            lambda: next((n for n in names if any(t["id"] == task_id for t in celery.active(celery.node(n)))), None),
+            60, "the held task to start")
+        other = names[1] if running_on == names[0] else names[0]
+        celery.sh("kill -TERM %d" % worker_pid(celery, running_on))
+        started = time.monotonic()
+        celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(celery.node(other))), 120,
+                        "Redis to hand the task held by the draining worker to the other one")
+        print("%s: the task held by the draining worker ran again on the other one %.0f s after the drain began"
+              " (visibility_timeout %d s)" % (celery.hostname, time.monotonic() - started, VISIBILITY))
+        celery.release(release)
+        celery.wait_for(lambda: celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, running_on), check=False).rc != 0,
+                        60, "the draining worker to finish and exit")
+        attempts = celery.sh(celery.in_app(".venv/bin/python -c %s" % shlex.quote(
+            "from celery_testapp.app import app; print(int(app.backend.client.get('celery_testapp:attempts:%s')))" % task_id)))
+        assert int(attempts.stdout.split()[-1]) == 2, "the task ran %s times" % attempts.stdout
+        logs = celery.sh("cat /tmp/drainer.log /tmp/bystander.log").stdout
+        assert logs.count("hold[%s] succeeded" % task_id) == 2, "both workers ran the task to its end:\n%s" % logs[-3000:]
+    finally:
+        celery.sh("pkill -KILL -u %s -f -- '-n (drainer|bystander)@' || true" % celery.user)
+        celery.sh("rm -f /var/lib/%s/release-redeliver" % celery.app)
+    # The collection refuses that window: a stop timeout (120 s here) at or
+    # above the redelivery timeout fails before any change.
+    result = run_site({"celery_broker_redelivery_timeout": VISIBILITY}, limit=celery.host.backend.get_hostname(),
+                      callback="ansible.builtin.json")
+    messages = [msg for _, _, msg in failed_tasks(json_report(result))]
+    assert result.returncode != 0 and any(
+        "celery_stop_timeout (120 s) must be below celery_broker_redelivery_timeout (%d s, as set)" % VISIBILITY in m
+        for m in messages), messages
+
+
+def wait_for_ping(celery, worker):
+    node = celery.node(worker)
+    celery.wait_for(lambda: celery.ping(node), 60, "ping of %s" % node)
