@@ -8,17 +8,17 @@
 # Prints one line per stage and a closing "stages: N passed, N failed".
 source "$(dirname "$0")/common.sh"
 
-SCENARIOS=(preflight default supervisor beat faults release)
+SCENARIOS=(preflight default supervisor beat faults pools release)
 ((${#@})) && SCENARIOS=("$@")
 
-# The scenarios run in lanes beside the ansible-core matrix (CPU-bound while
-# the scenarios mostly wait on their containers); each lane runs its scenarios
-# one after another. No check sizes itself to the machine's speed (they wait
+# The scenarios run in lanes beside the static checks and the ansible-core
+# matrix (CPU-bound while the scenarios mostly wait on their containers); each
+# lane runs its scenarios one after another. No check sizes itself to the machine's speed (they wait
 # for the state they need and measure bounds against baselines taken in the
 # same run), so they may share the machine. `release` runs last and alone:
 # its pause bound compares a switch with the same stream a moment before, which
 # a neighbour whose load changes in between would blur.
-LANES=("preflight default faults" "supervisor beat")
+LANES=("preflight default faults" "supervisor beat pools")
 LAST=(release)
 
 passed=0 failed=0 failures=()
@@ -57,6 +57,17 @@ matrix_stage() {
   return "${status}"
 }
 
+# The CPU-bound stages, one after another, beside the scenario lanes: the
+# static checks (seconds to a minute each), then the matrix.
+static_checks_and_matrix() {
+  stage yamllint yamllint --strict .
+  stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint
+  stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh"
+  stage docs bash "${REPO_ROOT}/tests/harness/docs.sh"
+  stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh"
+  stage ansible-core-matrix matrix_stage
+}
+
 main() {
   local t0=$SECONDS pids=() pid entry scenario
   mkdir -p "${LOG_DIR}"
@@ -64,18 +75,12 @@ main() {
   ready_machine
   export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
-  stage yamllint yamllint --strict .
-  stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint
-  stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh"
-  stage docs bash "${REPO_ROOT}/tests/harness/docs.sh"
-  stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh"
-
   # Every scenario asked for belongs to a lane or to the last ones.
   for scenario in "${SCENARIOS[@]}"; do
     [[ " ${LANES[*]} ${LAST[*]} " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
-  log "stage ansible-core-matrix started, beside the lanes: $(printf '[%s] ' "${LANES[@]}")"
-  stage ansible-core-matrix matrix_stage &
+  log "stages of the static checks and the ansible-core matrix started, beside the lanes: $(printf '[%s] ' "${LANES[@]}")"
+  static_checks_and_matrix &
   pids+=($!)
   for entry in "${LANES[@]}"; do
     # shellcheck disable=SC2086
