@@ -64,7 +64,7 @@ def test_autoscale_grows_the_pool_under_load_and_shrinks_it_after(celery):
     # Eight tasks of 6 s wait for four processes at most: the pool grows to 4
     # while they run, and back to 1 after AUTOSCALE_KEEPALIVE (3 s) without
     # new tasks.
-    sent = [celery.probe("send", "sleep", "6", "--queue", "scale") for _ in range(8)]
+    sent = [celery.probe("send", "sleep", "6", "--queue", "scale") for _number in range(8)]
     grown = celery.wait_for(lambda: len(celery.children(pid)) == 4 and celery.children(pid), 60,
                             "the scale pool to grow to 4 processes")
     assert celery.main_pid("scale") == pid
@@ -152,7 +152,7 @@ def test_a_task_outliving_the_redelivery_timeout_while_its_worker_drains_runs_tw
     # above the redelivery timeout fails before any change.
     result = run_site({"celery_broker_redelivery_timeout": VISIBILITY}, limit=celery.host.backend.get_hostname(),
                       callback="ansible.builtin.json")
-    messages = [msg for _, _, msg in failed_tasks(json_report(result))]
+    messages = [failure[2] for failure in failed_tasks(json_report(result))]
     assert result.returncode != 0 and any(
         "celery_stop_timeout (120 s) must be below celery_broker_redelivery_timeout (%d s, as set)" % VISIBILITY in m
         for m in messages), messages

@@ -186,7 +186,7 @@ def cases_run(host, marker, tmp_path_factory):
     the scenario's worker host with its case's input."""
     target = host.backend.get_hostname()
     cases = {case_host(case): dict(extra_vars, ansible_host=target, ansible_connection="community.docker.docker")
-             for case, (extra_vars, _) in CASES.items()}
+             for case, (extra_vars, _words) in CASES.items()}
     assert len(cases) == len(CASES), "two cases share a host name"
     inventory = tmp_path_factory.mktemp("bad-input") / "cases.yml"
     inventory.write_text(json.dumps({"celery_bad_input": {"hosts": cases},
@@ -200,7 +200,7 @@ def cases_run(host, marker, tmp_path_factory):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_before_any_change(host, cases_run, case):
-    _, expected = CASES[case]
+    expected = CASES[case][1]
     result, report, failures, changed = cases_run
     name = case_host(case)
     if case == "UID 0 under another name":

@@ -1,3 +1,5 @@
 """Fixtures of the scenarios' checks (celery_fixtures.py); the helpers live in celery_checks.py."""
 
-from celery_fixtures import celery, pytest_collection_modifyitems  # noqa: F401
+from celery_fixtures import celery, pytest_collection_modifyitems
+
+__all__ = ["celery", "pytest_collection_modifyitems"]

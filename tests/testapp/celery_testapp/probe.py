@@ -94,7 +94,7 @@ def _batch(opts):
     results too: their state and the exception's repr)."""
     options = {"queue": opts.queue} if opts.queue else {}
     published = time.time()
-    sent = [app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options) for _ in range(opts.count)]
+    sent = [app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options) for _number in range(opts.count)]
     deadline = time.monotonic() + opts.timeout
     results = []
     for result in sent:
