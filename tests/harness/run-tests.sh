@@ -15,12 +15,12 @@ SCENARIOS=(preflight default supervisor beat faults pools release)
 # matrix (CPU-bound while the scenarios mostly wait on their containers); each
 # lane runs its scenarios one after another. No check sizes itself to the
 # machine's speed (they wait for the state they need and measure bounds
-# against baselines taken in the same run), so they may share the machine. `release` runs last and alone:
+# against baselines taken in the same run), so they may share the machine. A
+# third lane made every lane slower and the whole run no shorter. `release`
+# runs last and alone:
 # its pause bound compares a switch with the same stream a moment before, which
 # a neighbour whose load changes in between would blur.
-LANES=("preflight default pools" "supervisor beat")
-# Scenarios that follow the static checks and the matrix in their own lane.
-AFTER_MATRIX=(faults)
+LANES=("preflight default faults" "supervisor beat pools")
 LAST=(release)
 
 passed=0 failed=0 failures=()
@@ -60,8 +60,7 @@ matrix_stage() {
 }
 
 # The CPU-bound stages, one after another, beside the scenario lanes: the
-# static checks (seconds to a minute each), then the matrix; then the
-# scenarios of AFTER_MATRIX, a third lane once the machine has room.
+# static checks (seconds to a minute each), then the matrix.
 static_checks_and_matrix() {
   stage yamllint yamllint --strict .
   stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint
@@ -69,7 +68,6 @@ static_checks_and_matrix() {
   stage docs bash "${REPO_ROOT}/tests/harness/docs.sh"
   stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh"
   stage ansible-core-matrix matrix_stage
-  lane "${AFTER_MATRIX[@]}"
 }
 
 main() {
@@ -81,9 +79,9 @@ main() {
 
   # Every scenario asked for belongs to a lane or to the last ones.
   for scenario in "${SCENARIOS[@]}"; do
-    [[ " ${LANES[*]} ${AFTER_MATRIX[*]} ${LAST[*]} " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
+    [[ " ${LANES[*]} ${LAST[*]} " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
-  log "stages of the static checks, the ansible-core matrix and [${AFTER_MATRIX[*]}] started, beside the lanes: $(printf '[%s] ' "${LANES[@]}")"
+  log "stages of the static checks and the ansible-core matrix started, beside the lanes: $(printf '[%s] ' "${LANES[@]}")"
   static_checks_and_matrix &
   pids+=($!)
   for entry in "${LANES[@]}"; do
