@@ -11,17 +11,21 @@ source "$(dirname "$0")/common.sh"
 SCENARIOS=(preflight default supervisor beat faults pools release)
 ((${#@})) && SCENARIOS=("$@")
 
-# The scenarios run in lanes beside the static checks and the ansible-core
-# matrix (CPU-bound while the scenarios mostly wait on their containers); each
-# lane runs its scenarios one after another. No check sizes itself to the
-# machine's speed (they wait for the state they need and measure bounds
-# against baselines taken in the same run), so they may share the machine. A
-# third lane made every lane slower and the whole run no shorter. `release`
-# runs last and alone:
-# its pause bound compares a switch with the same stream a moment before, which
-# a neighbour whose load changes in between would blur.
-LANES=("preflight default faults" "supervisor beat pools")
-LAST=(release)
+# The run, in three steps:
+# 1. The release scenario's fleet converges, alone.
+# 2. Its switches (the overlap release and the rollback) run alone: their
+#    pause bound compares a switch with the same stream a moment before,
+#    which a neighbour whose load changes in between would blur.
+# 3. Three lanes side by side, each running its stages one after another:
+#    the static checks, the ansible-core matrix (CPU-bound while the
+#    scenarios mostly wait on their containers) and the release's other
+#    checks, which bound no time; and two lanes of scenarios. No check of
+#    those sizes itself to the machine's speed (they wait for the state they
+#    need and measure bounds against baselines taken in the same run), so
+#    they may share the machine.
+LANES=("preflight default faults" "supervisor beat")
+# After the matrix and the release's other checks, in the first lane.
+AFTER_MATRIX=(pools)
 
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
@@ -37,6 +41,7 @@ stage() {
     log "stage ${name}: FAILED in $((SECONDS - start))s; last lines of ${logfile}:"
     tail -n 60 "${logfile}" >&2
     echo "failed ${name}" >>"${RESULTS_DIR}/results"
+    return 1
   fi
 }
 
@@ -46,7 +51,7 @@ wanted() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
 lane() {
   local scenario
   for scenario in "$@"; do
-    wanted "$scenario" && stage "molecule-${scenario}" molecule test --scenario-name "${scenario}"
+    wanted "$scenario" && { stage "molecule-${scenario}" molecule test --scenario-name "${scenario}" || true; }
   done
   return 0
 }
@@ -59,15 +64,55 @@ matrix_stage() {
   return "${status}"
 }
 
-# The CPU-bound stages, one after another, beside the scenario lanes: the
-# static checks (seconds to a minute each), then the matrix.
-static_checks_and_matrix() {
-  stage yamllint yamllint --strict .
-  stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint
-  stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh"
-  stage docs bash "${REPO_ROOT}/tests/harness/docs.sh"
-  stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh"
-  stage ansible-core-matrix matrix_stage
+# The release scenario in its parts (see molecule/release/tests/conftest.py):
+# the fleet, the switches, the other checks; each part runs only if the one
+# before passed, and is counted as failed otherwise.
+release_fleet() {
+  molecule destroy --scenario-name release && molecule syntax --scenario-name release \
+    && molecule converge --scenario-name release
+}
+release_checks() {
+  CELERYOPS_RELEASE_CHECKS_PART="$1" molecule verify --scenario-name release
+}
+release_not_run() {
+  echo "not run: $1" >&2
+  return 1
+}
+release_status=0
+release_part() {
+  local name="$1"; shift
+  if ((release_status == 0)); then
+    stage "molecule-release-${name}" "$@" || release_status=1
+  else
+    stage "molecule-release-${name}" release_not_run "an earlier part of the release scenario failed" || true
+  fi
+}
+
+# The first lane: the CPU-bound stages one after another (the static checks,
+# seconds to a minute each, then the matrix), then the release's other checks
+# and the fleet's removal, then the scenarios after the matrix.
+static_checks_matrix_and_release() {
+  stage yamllint yamllint --strict . || true
+  stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint || true
+  stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh" || true
+  stage docs bash "${REPO_ROOT}/tests/harness/docs.sh" || true
+  stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh" || true
+  stage ansible-core-matrix matrix_stage || true
+  if wanted release; then
+    release_part checks release_checks rest
+    molecule destroy --scenario-name release >>"${LOG_DIR}/molecule-release-fleet.log" 2>&1 || true
+  fi
+  lane "${AFTER_MATRIX[@]}"
+}
+
+# What a failed stage's log says, in short, at the end of the run: the failed
+# checks and tasks, and the assertions' first lines.
+failure_summary() {
+  local name="$1" logfile="${LOG_DIR}/${1//[^A-Za-z0-9_.-]/_}.log"
+  log "${name} failed; from ${logfile}:"
+  sed 's/\x1b\[[0-9;]*m//g; s/^ *│ \?//' "${logfile}" \
+    | grep -E '^(FAILED|ERROR) |^E +[^ ]|fatal: \[|Executed: Failed|^not run: ' \
+    | cut -c1-400 | head -n 40 >&2 || true
 }
 
 main() {
@@ -77,12 +122,18 @@ main() {
   ready_machine
   export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
-  # Every scenario asked for belongs to a lane or to the last ones.
+  # Every scenario asked for belongs to a lane, to those after the matrix,
+  # or is the release.
   for scenario in "${SCENARIOS[@]}"; do
-    [[ " ${LANES[*]} ${LAST[*]} " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
+    [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
-  log "stages of the static checks and the ansible-core matrix started, beside the lanes: $(printf '[%s] ' "${LANES[@]}")"
-  static_checks_and_matrix &
+  if wanted release; then
+    log "the release scenario's fleet and switches first, alone"
+    release_part fleet release_fleet
+    release_part switches release_checks switches
+  fi
+  log "three lanes side by side: [static checks, matrix, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
+  static_checks_matrix_and_release &
   pids+=($!)
   for entry in "${LANES[@]}"; do
     # shellcheck disable=SC2086
@@ -90,12 +141,12 @@ main() {
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || true; done
-  lane "${LAST[@]}"
 
   while read -r status name; do
     if [[ "$status" == passed ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi
   done <"${RESULTS_DIR}/results"
   log "all stages took $((SECONDS - t0))s; logs in ${LOG_DIR}"
+  for name in "${failures[@]}"; do failure_summary "$name"; done
   ((failed == 0)) || log "failed stages: ${failures[*]}"
   echo "stages: ${passed} passed, ${failed} failed"
   ((failed == 0))

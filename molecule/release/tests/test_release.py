@@ -54,11 +54,13 @@ def released_everywhere(release):
     assert sum(beat_count(h) for h in HOSTS) == 1
 
 
+@pytest.mark.switches
 def test_first_release_runs_everywhere_with_one_beat():
     released_everywhere("v1")
     assert beat_count(BEAT_HOST) == 1
 
 
+@pytest.mark.switches
 def test_workers_cannot_write_the_release_or_its_virtualenv():
     for host in HOSTS:
         for path in ("%s/current/celery_testapp" % ROOT, "%s/current/.venv/lib" % ROOT, "%s/releases" % ROOT):
@@ -68,6 +70,7 @@ def test_workers_cannot_write_the_release_or_its_virtualenv():
         assert proc.returncode == 0, "%s: the worker user cannot write its state dir: %s" % (host, proc.stderr)
 
 
+@pytest.mark.switches
 def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, quiet_pause):
     src = make_release(tmp_path, "2")
     # A task that runs until the test releases it, in flight on the first
@@ -118,6 +121,7 @@ def test_overlap_release_rolls_across_the_fleet_without_pause_or_loss(tmp_path, 
     assert sorted((r["hostname"], r["version"]) for r in verified) == sorted((h, "2") for h in HOSTS), verified
 
 
+@pytest.mark.switches
 def test_rollback_brings_the_previous_release_back_the_same_way(quiet_pause):
     with Stream() as stream:
         report = json_report(ok(playbook("rollback", callback="ansible.builtin.json")))
