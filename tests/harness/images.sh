@@ -17,17 +17,25 @@ DISTROS=(
 # Packages every test host gets: what Ansible and the checks need, not what the
 # roles install themselves.
 BASE_PACKAGES="systemd,systemd-sysv,dbus,python3,python3-apt,ca-certificates,procps,iproute2,sudo"
-RECIPE_HASH="$( { cat "$0"; } | sha256sum | cut -c1-12)"
+
+# The hash of a recipe: the text that makes an image.
+recipe_hash() { sha256sum | cut -c1-12; }
 
 image_current() {
-  local tag="$1"
-  [[ "$(docker image inspect -f '{{ index .Config.Labels "org.celeryops.recipe" }}' "$tag" 2>/dev/null)" == "$RECIPE_HASH" ]]
+  local tag="$1" hash="$2"
+  [[ "$(docker image inspect -f '{{ index .Config.Labels "org.celeryops.recipe" }}' "$tag" 2>/dev/null)" == "$hash" ]]
+}
+
+# A distribution's recipe: its row, the packages and the build itself.
+distro_hash() {
+  { echo "$*" "${BASE_PACKAGES}"; declare -f build_distro; } | recipe_hash
 }
 
 build_distro() {
   local name="$1" suite="$2" script="$3" components="$4" flags="$5"
-  local tag="${IMAGE_PREFIX}/${name}:latest"
-  if image_current "$tag"; then log "image ${tag} is current"; return 0; fi
+  local tag="${IMAGE_PREFIX}/${name}:latest" hash
+  hash="$(distro_hash "$@")"
+  if image_current "$tag" "$hash"; then log "image ${tag} is current"; return 0; fi
   # Debian 12's debootstrap has no script for newer Ubuntu suites; the gutsy
   # script handles them (test images only).
   if [[ ! -e "/usr/share/debootstrap/scripts/${suite}" ]]; then
@@ -53,30 +61,48 @@ build_distro() {
   tar -C "${root}" -c . | docker import \
     --change 'ENV container=docker' \
     --change 'CMD ["/lib/systemd/systemd"]' \
-    --change "LABEL org.celeryops.recipe=${RECIPE_HASH}" \
+    --change "LABEL org.celeryops.recipe=${hash}" \
     - "${tag}" >/dev/null
   rm -rf "${root}" "${root}.log"
   log "built ${tag}"
 }
 
-build_broker() {
-  local tag="${IMAGE_PREFIX}/redis:latest"
-  if image_current "$tag"; then log "image ${tag} is current"; return 0; fi
-  build_distro debian-12 bookworm bookworm main ""
-  log "building ${tag}"
-  docker build -q -t "$tag" --label "org.celeryops.recipe=${RECIPE_HASH}" - >/dev/null <<DOCKERFILE
+# The brokers: the distribution's package, its service in the foreground as
+# the container's command (no systemd); the test network is private.
+BROKERS=(redis rabbitmq)
+broker_recipe() {
+  case "$1" in
+    redis) echo 'redis-server|["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]' ;;
+    # With its Erlang, as a user's host has it; the node runs as the
+    # rabbitmq user (the package's wrapper drops root).
+    rabbitmq) echo 'rabbitmq-server|["rabbitmq-server"]' ;;
+  esac
+}
+broker_dockerfile() {
+  local packages command
+  IFS='|' read -r packages command <<<"$(broker_recipe "$1")"
+  cat <<DOCKERFILE
 FROM ${IMAGE_PREFIX}/debian-12:latest
-RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null && apt-get clean
-# The broker runs in the foreground without systemd; the test network is private.
-CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages} >/dev/null && apt-get clean
+CMD ${command}
 DOCKERFILE
+}
+
+build_broker() {
+  local name="$1" tag="${IMAGE_PREFIX}/$1:latest" hash
+  build_distro debian-12 bookworm bookworm main ""
+  hash="$( { broker_dockerfile "$name"; docker image inspect -f '{{ index .Config.Labels "org.celeryops.recipe" }}' \
+    "${IMAGE_PREFIX}/debian-12:latest"; } | recipe_hash)"
+  if image_current "$tag" "$hash"; then log "image ${tag} is current"; return 0; fi
+  log "building ${tag}"
+  broker_dockerfile "$name" | docker build -q -t "$tag" --label "org.celeryops.recipe=${hash}" - >/dev/null
   log "built ${tag}"
 }
 
 main() {
   mkdir -p "${CACHE_DIR}"
   local wanted=("$@") pids=() entry name
-  ((${#wanted[@]})) || wanted=(debian-12 debian-13 ubuntu-22.04 ubuntu-24.04 redis)
+  ((${#wanted[@]})) || wanted=(debian-12 debian-13 ubuntu-22.04 ubuntu-24.04 "${BROKERS[@]}")
   for entry in "${DISTROS[@]}"; do
     IFS='|' read -r name suite script components flags <<<"$entry"
     [[ " ${wanted[*]} " == *" ${name} "* ]] || continue
@@ -86,6 +112,9 @@ main() {
   local rc=0
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
   ((rc == 0)) || die "an image build failed"
-  if [[ " ${wanted[*]} " == *" redis "* ]]; then build_broker; fi
+  for name in "${BROKERS[@]}"; do
+    [[ " ${wanted[*]} " == *" ${name} "* ]] && build_broker "$name"
+  done
+  return 0
 }
 main "$@"

@@ -25,7 +25,8 @@ def test_workers_run_as_the_app_user_never_root(celery):
     for worker in celery.workers:
         pid = celery.main_pid(worker)
         pids = [pid] + celery.children(pid)
-        assert len(pids) >= 2, "the prefork pool has no children"
+        # threads, gevent, eventlet and solo run tasks in the main process.
+        assert len(pids) >= 2 or celery.pools[worker] != "prefork", "the prefork pool of %s has no children" % worker
         for p in pids:
             owner = celery.sh("ps -o uid= -p %d" % p).stdout.strip()
             assert int(owner) == uid, "process %d runs as uid %s, not %s" % (p, owner, celery.user)
@@ -53,7 +54,9 @@ def test_log_and_state_dirs_belong_to_the_app_user(celery):
 def test_secret_values_stay_out_of_process_listings(celery):
     listing = celery.sh("ps -eo args").stdout
     assert "s3cr3t-value-must-not-leak" not in listing
-    assert "redis://" not in listing
+    # Nor a broker's URL, whatever its scheme.
+    for scheme in ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp"):
+        assert "%s://" % scheme not in listing, scheme
     # ...yet the tasks do get them through the env file.
     assert celery.probe("call", "secret_env", "TESTAPP_SECRET")["result"] is True
 
@@ -69,6 +72,17 @@ def test_a_published_task_is_executed_on_this_host(celery):
     assert result["result"]["hostname"] == celery.hostname
     assert result["result"]["uid"] == celery.host.user(celery.user).uid
     assert celery.probe("call", "add", "2", "3")["result"] == 5
+
+
+def test_every_worker_executes_the_tasks_of_each_of_its_queues(celery):
+    for worker, queues in celery.queues.items():
+        main_pid = celery.main_pid(worker)
+        processes = {main_pid, *celery.children(main_pid)}
+        for queue in queues:
+            result = celery.probe("call", "whoami", "--queue", queue, "--timeout", "30")
+            assert result["state"] == "SUCCESS", "a task on %s: %s" % (queue, result)
+            assert result["result"]["pid"] in processes, "a task on %s ran in %s, not in worker %s %s" % (
+                queue, result["result"]["pid"], worker, sorted(processes))
 
 
 def test_a_task_in_flight_survives_a_restart(celery):
