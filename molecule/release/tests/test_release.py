@@ -148,9 +148,11 @@ def test_restart_strategy_with_cold_shutdown_loses_nothing(tmp_path):
     # From a tar archive with a top-level directory this time.
     src = make_release(tmp_path, "3", archive=True)
     host = HOSTS[0]
-    # Runs 600 s on its first delivery, so it is still running when its
-    # worker drains, and returns at once when delivered again.
-    long_task = probe(host, "send", "long_once", 600, "--queue", "host." + host)
+    # Runs an hour on its first delivery, so it is still running when its
+    # worker drains however long the play takes to get there (this check
+    # shares the machine with other scenarios), and returns at once when
+    # delivered again.
+    long_task = probe(host, "send", "long_once", 3600, "--queue", "host." + host)
     with Stream() as stream:
         ok(playbook("release", celery_release_src=src, celery_release_id="v3", celery_release_strategy="restart",
                     celery_release_serial=3, celery_release_stop_timeout=2, celery_release_on_timeout="cold",
