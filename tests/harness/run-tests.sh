@@ -30,9 +30,12 @@ AFTER_MATRIX=(pools)
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
 RESULTS_DIR="${LOG_DIR}/.stages"
+# A stage's log file, named after the stage.
+stage_log() { echo "${LOG_DIR}/${1//[^A-Za-z0-9_.-]/_}.log"; }
 stage() {
   local name="$1"; shift
-  local logfile="${LOG_DIR}/${name//[^A-Za-z0-9_.-]/_}.log" start=$SECONDS
+  local logfile start=$SECONDS
+  logfile="$(stage_log "${name}")"
   log "stage ${name} ..."
   if "$@" >"${logfile}" 2>&1; then
     log "stage ${name}: passed in $((SECONDS - start))s"
@@ -100,7 +103,7 @@ static_checks_matrix_and_release() {
   stage ansible-core-matrix matrix_stage || true
   if wanted release; then
     release_part checks release_checks rest
-    molecule destroy --scenario-name release >>"${LOG_DIR}/molecule-release-fleet.log" 2>&1 || true
+    molecule destroy --scenario-name release >>"$(stage_log molecule-release-fleet)" 2>&1 || true
   fi
   lane "${AFTER_MATRIX[@]}"
 }
@@ -108,7 +111,8 @@ static_checks_matrix_and_release() {
 # What a failed stage's log says, in short, at the end of the run: the failed
 # checks and tasks, and the assertions' first lines.
 failure_summary() {
-  local name="$1" logfile="${LOG_DIR}/${1//[^A-Za-z0-9_.-]/_}.log"
+  local name="$1" logfile
+  logfile="$(stage_log "${name}")"
   log "${name} failed; from ${logfile}:"
   sed 's/\x1b\[[0-9;]*m//g; s/^ *│ \?//' "${logfile}" \
     | grep -E '^(FAILED|ERROR) |^E +[^ ]|fatal: \[|Executed: Failed|^not run: ' \

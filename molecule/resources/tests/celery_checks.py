@@ -150,12 +150,13 @@ class CeleryHost:
         self.app = variables.get("celery_app_name", "celery")
         self.manager = manager or variables.get("celery_process_manager", "systemd")
         self.user = variables.get("celery_user", self.app)
-        workers = variables.get("celery_workers", [{"name": "default"}])
+        # Each worker's entry over celery_worker_defaults, as the roles read it.
+        defaults = variables.get("celery_worker_defaults") or {}
+        workers = [{**defaults, **w} for w in variables.get("celery_workers", [{"name": "default"}])]
         self.workers = [w["name"] for w in workers]
         # The queues each worker consumes (Celery's default queue when none).
         self.queues = {w["name"]: w.get("queues") or ["celery"] for w in workers}
-        defaults = variables.get("celery_worker_defaults") or {}
-        self.pools = {w["name"]: w.get("pool") or defaults.get("pool") or "prefork" for w in workers}
+        self.pools = {w["name"]: w.get("pool") or "prefork" for w in workers}
         self.app_dir = "/srv/%s/current" % self.app
         self.env_file = "/etc/%s/celery.env" % self.app
         self.hostname = host.check_output("hostname")
