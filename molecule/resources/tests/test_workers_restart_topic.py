@@ -7,12 +7,16 @@ The play is what a user writes: the worker role, then their own task that
 notifies the topic. The task in flight runs until the test releases it, which
 it does only once the restart is under way and waiting for it: however long
 the play takes to reach its handlers, the task is in flight through the warm
-shutdown."""
+shutdown.
+
+The topic and its handler are the process manager's: the check runs on the
+first host of each manager in a scenario (one_host_per_manager)."""
 import os
 import tempfile
 import time
 import uuid
 
+import pytest
 from celery_checks import assert_held_task_ran_once, run_site, wait, while_held
 
 testinfra_hosts = ["ansible://celery_workers"]
@@ -39,6 +43,7 @@ HANDLER = {
 }
 
 
+@pytest.mark.one_host_per_manager
 def test_the_restart_topic_restarts_the_workers_warm_while_a_task_runs(celery):
     worker = celery.workers[0]
     node = celery.node(worker)
