@@ -1,6 +1,6 @@
 """The task files a playbook runs, followed through every include and import.
 
-- a release or rollback run never goes more than four task files deep;
+- a site, release or rollback run never goes more than four task files deep;
 - every task file a role or playbook includes is named literally (a grep for
   its name finds who calls it): only the role of an include may be chosen at
   run time, and then only among the roles a process manager choice allows.
@@ -101,8 +101,8 @@ def show(chain):
     return " -> ".join(str(p.relative_to(ROOT / "roles")) for p in chain)
 
 
-@pytest.mark.parametrize("playbook", ["release.yml", "rollback.yml"])
-def test_a_release_or_rollback_run_goes_at_most_four_task_files_deep(playbook):
+@pytest.mark.parametrize("playbook", ["site.yml", "release.yml", "rollback.yml"])
+def test_a_run_goes_at_most_four_task_files_deep(playbook):
     deepest = max(playbook_chains(playbook), key=len)
     assert len(deepest) <= MAX_DEPTH, "%d task files deep: %s" % (len(deepest), show(deepest))
 

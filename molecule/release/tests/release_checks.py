@@ -55,17 +55,55 @@ def active_ids(host, node, reply=5):
         return []
 
 
+VENV_COPY_TASK = "Copy the running release's virtualenv when the dependencies are the same"
+REQUIREMENTS_TASK = "Install the app's requirements into the virtualenv"
+
+
+def task_results(report, name):
+    """{host: result} of the task of that name in a JSON report."""
+    found = {}
+    for play in report.get("plays", []):
+        for task in play.get("tasks", []):
+            if task["task"]["name"] == name:
+                found.update(task.get("hosts", {}))
+    return found
+
+
+def venv_copied(report, host):
+    """What the release install said about copying the running virtualenv."""
+    result = task_results(report, VENV_COPY_TASK).get(host)
+    assert result is not None and "stdout" in result, "%s: no result of %r: %s" % (host, VENV_COPY_TASK, result)
+    return json.loads(result["stdout"])
+
+
+def assert_own_copy(host, release, source):
+    """releases/<release>/.venv is a copy of <source>/.venv (not the same
+    directory, not a link), its scripts name its own path, and it runs."""
+    new, old = "%s/releases/%s/.venv" % (ROOT, release), "%s/.venv" % source
+    inodes = sh(host, "stat -c %%i %s %s" % (old, new)).stdout.split()
+    assert len(inodes) == 2 and inodes[0] != inodes[1], "%s: %s is %s" % (host, new, old)
+    assert sh(host, "test ! -L %s" % new, check=False).returncode == 0, "%s: %s is a link" % (host, new)
+    shebang = sh(host, "head -n1 %s/bin/celery" % new).stdout.strip()
+    assert shebang in ("#!%s/bin/python" % new, "#!%s/bin/python3" % new), "%s: %s" % (host, shebang)
+    left = sh(host, "grep -rlF %s %s/bin %s/pyvenv.cfg" % (old, new, new), check=False).stdout.strip()
+    assert left == "", "%s: files of %s still name %s: %s" % (host, new, old, left)
+    assert sh(host, "cmp %s/.celeryops-dependencies %s/.celeryops-dependencies" % (old, new), check=False).returncode == 0
+    assert sh(host, "%s/bin/celery --version" % new).stdout.strip().startswith("5.")
+
+
 def whoami(host, release="v1"):
     """The release that runs a task published to this host's own queue."""
     return probe(host, "call", "whoami", "--queue", "host." + host, "--timeout", 60, release=release)["result"]
 
 
-def make_release(tmp_path, version, broken=False, archive=False, broken_on=None, bad_requirement=False):
+def make_release(tmp_path, version, broken=False, archive=False, broken_on=None, bad_requirement=False,
+                 extra_requirement=None):
     """A copy of the test app whose tasks report `version`; with archive, a
     .tar.gz of it with one top-level directory, as release tarballs have.
     broken: the app fails to import; broken_on: only on that host;
     bad_requirement: requirements.txt names a path that holds no package, so
-    pip fails (at once, without asking an index)."""
+    pip fails (at once, without asking an index); extra_requirement: a line
+    added to requirements.txt."""
     dest = tmp_path / ("release-" + version)
     shutil.copytree(os.path.join(REPO, "tests", "testapp"), dest,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -80,6 +118,9 @@ def make_release(tmp_path, version, broken=False, archive=False, broken_on=None,
     if bad_requirement:
         with open(str(dest / "requirements.txt"), "a") as handle:
             handle.write("./vendor/no-such-package\n")
+    if extra_requirement:
+        with open(str(dest / "requirements.txt"), "a") as handle:
+            handle.write(extra_requirement + "\n")
     if archive:
         path = str(tmp_path / ("testapp-%s.tar.gz" % version))
         with tarfile.open(path, "w:gz") as tar:

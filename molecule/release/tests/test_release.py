@@ -15,8 +15,9 @@ import time
 import pytest
 import yaml
 
-from release_checks import (APP, BEAT_HOST, HOSTS, ROOT, Stream, active_ids, app_process_cwds, beat_count,
-                            handover_left, link, make_release, ok, playbook, probe, run_site, sh, whoami)
+from release_checks import (APP, BEAT_HOST, HOSTS, REQUIREMENTS_TASK, ROOT, Stream, active_ids, app_process_cwds,
+                            assert_own_copy, beat_count, handover_left, link, make_release, ok, playbook, probe,
+                            run_site, sh, task_results, venv_copied, whoami)
 from celery_checks import (SHARED_CHECKS, assert_held_task_ran_once, failed_tasks, json_report, recap, shared_check_runs, wait,
                            while_held)
 
@@ -153,10 +154,12 @@ def test_restart_strategy_with_cold_shutdown_loses_nothing(tmp_path):
     # shares the machine with other scenarios), and returns at once when
     # delivered again.
     long_task = probe(host, "send", "long_once", 3600, "--queue", "host." + host)
+    running = {h: link(h, "current") for h in HOSTS}
     with Stream() as stream:
-        ok(playbook("release", celery_release_src=src, celery_release_id="v3", celery_release_strategy="restart",
-                    celery_release_serial=3, celery_release_stop_timeout=2, celery_release_on_timeout="cold",
-                    celery_release_cold_timeout=5, celery_release_archive_extra_opts=["--strip-components=1"]))
+        result = ok(playbook("release", callback="ansible.builtin.json", celery_release_src=src, celery_release_id="v3",
+                             celery_release_strategy="restart", celery_release_serial=3, celery_release_stop_timeout=2,
+                             celery_release_on_timeout="cold", celery_release_cold_timeout=5,
+                             celery_release_archive_extra_opts=["--strip-components=1"]))
     print(json.dumps(stream.summary()))
     # A cold shutdown is at-least-once: a short task that ran but was not yet
     # acknowledged when the cold stop came is delivered again (seen once: one
@@ -168,6 +171,14 @@ def test_restart_strategy_with_cold_shutdown_loses_nothing(tmp_path):
     assert done["result"]["attempt"] == 2, "the task was not delivered twice: %s" % done
     assert done["result"]["version"] == "3", "the task was not redelivered to the new release: %s" % done
     released_everywhere("v3")
+    # v3's requirements are the running release's: each host copied its
+    # virtualenv instead of installing one.
+    report = json_report(result)
+    for h in HOSTS:
+        assert venv_copied(report, h)["reused"], venv_copied(report, h)
+        assert_own_copy(h, "v3", running[h])
+    ran = {h: r for h, r in task_results(report, REQUIREMENTS_TASK).items() if not r.get("skipped")}
+    assert ran == {}, "pip installed the unchanged requirements: %s" % sorted(ran)
 
 
 def test_broken_release_fails_verification_and_goes_back(tmp_path):
@@ -278,12 +289,21 @@ def test_old_releases_are_pruned_but_never_the_current_or_previous(tmp_path):
     host = HOSTS[0]
     before = sh(host, "ls %s/releases" % ROOT).stdout.split()
     assert before == ["v1", "v2", "v3"], before
-    ok(playbook("release", limit=host, celery_release_src=make_release(tmp_path, "5"), celery_release_id="v5",
-                celery_releases_keep=2))
+    # v5 adds a requirement (one the virtualenv holds already, so pip needs no
+    # download): its virtualenv is installed, not copied.
+    result = ok(playbook("release", limit=host, callback="ansible.builtin.json",
+                         celery_release_src=make_release(tmp_path, "5", extra_requirement="vine"),
+                         celery_release_id="v5", celery_releases_keep=2))
+    report = json_report(result)
+    assert venv_copied(report, host) == {"reused": False, "changed": False,
+                                         "reason": "the running virtualenv holds other dependencies"}
+    assert task_results(report, REQUIREMENTS_TASK)[host].get("changed"), task_results(report, REQUIREMENTS_TASK)
     # The two newest (v5, v3) stay; v3 is also the previous one. v1 and v2 go.
     assert sh(host, "ls %s/releases" % ROOT).stdout.split() == ["v3", "v5"]
     assert link(host, "current") == "%s/releases/v5" % ROOT and link(host, "previous") == "%s/releases/v3" % ROOT
     assert whoami(host, release="v5")["version"] == "5"
+    # v3's virtualenv, a copy of v1's, still runs with v1 gone.
+    assert sh(host, "%s/releases/v3/.venv/bin/celery --version" % ROOT).stdout.strip().startswith("5.")
 
 
 def test_a_failed_install_removes_itself(tmp_path):
