@@ -15,7 +15,10 @@
    (serial 1) and on 3 hosts at once (serial 3), under the stream to every
    host; the pause is that of the switched hosts' own queues (the longest of
    them), never the fleet's, where the other hosts' completions fill the gap.
-3. How soon a stop notices that the process exited: the warm_shutdown
+3. The install play of a release whose requirements are the running
+   release's, on one host: a pip install (`celery_release_venv_reuse: false`)
+   against the copy of the running release's virtualenv.
+4. How soon a stop notices that the process exited: the warm_shutdown
    module's engine against `systemctl stop` and a one-second polling loop, on
    a process that takes exactly 1.5 s to exit after SIGTERM. Every row is
    timed the same way: on the host, from before its command starts to after it
@@ -40,6 +43,8 @@ from release_checks import HOSTS, MANAGERS, REPO, Stream, active_ids, make_relea
 
 OUT = os.environ.get("CELERYOPS_BENCH_OUT") or os.path.join(REPO, ".cache", "benchmarks", "release_switch.md")
 ROWS = []
+# The last release's install play, in seconds; the install rows.
+INSTALL = {"last": None, "rows": []}
 COUNTER = {"release": 1}
 
 
@@ -61,13 +66,16 @@ def release(on_switch, limit=None, **extra_vars):
            "-e", json.dumps(extra_vars)] + (["--limit", limit] if limit else [])
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    switch_start, lines = None, []
+    install_start, switch_start, lines = None, None, []
     for line in proc.stdout:
         lines.append(line)
+        if install_start is None and line.startswith("PLAY [Install the release]"):
+            install_start = time.monotonic()
         if switch_start is None and line.startswith("PLAY [Switch to the release]"):
             switch_start = time.monotonic()
             on_switch()
     assert proc.wait() == 0, "".join(lines)[-6000:]
+    INSTALL["last"] = switch_start - install_start
     return time.monotonic() - switch_start
 
 
@@ -125,6 +133,10 @@ def write_tables(latency_rows=()):
     for r in ROWS:
         lines.append("| %s | %s | %d | %d | %d | %.2f | %.1f |" % (
             r["switch"], r["hosts"], r["published"], r["lost"], r["run twice"], r["longest pause (s)"], r["wall time (s)"]))
+    if INSTALL["rows"]:
+        lines += ["", "| install play of a release with the running release's requirements, 1 host | wall time (s) |",
+                  "|---|---|"]
+        lines += ["| %s | %.1f |" % row for row in INSTALL["rows"]]
     if latency_rows:
         lines += ["", "| stop of a process that exits 1.5 s after SIGTERM | exit noticed after (ms), median | max (ms) |",
                   "|---|---|---|"]
@@ -163,6 +175,21 @@ def test_fleet_overlap_release_by_batch_size(tmp_path):
                                       celery_release_serial=serial, **KEEP))
     write_tables()
     assert all(r["lost"] == 0 for r in ROWS)
+
+
+def test_install_of_a_release_with_the_running_release_requirements(tmp_path):
+    """One host, the release's install play (unpack, virtualenv, checks): a
+    pip install into a new virtualenv, the plain way, against the copy of the
+    running release's virtualenv."""
+    host = HOSTS[0]
+    for label, reuse in (("pip install (`celery_release_venv_reuse: false`)", False),
+                         ("copy of the running release's virtualenv (default)", True)):
+        src, release_id = next_release(tmp_path)
+        release(lambda: None, limit=host, celery_release_src=src, celery_release_id=release_id,
+                celery_release_venv_reuse=reuse, **KEEP)
+        assert whoami(host)["version"] == release_id.lstrip("b")
+        INSTALL["rows"].append((label, INSTALL["last"]))
+    write_tables()
 
 
 # Not a multiple of the polling period, so that polling shows its real cost.
