@@ -3,8 +3,9 @@ release's virtualenv for a release whose dependencies are the same.
 
   release_venv.py reuse RUNNING_VENV NEW_VENV DEPENDENCIES_JSON
       Copies RUNNING_VENV to NEW_VENV when the stamp in RUNNING_VENV names the
-      same dependencies, and points the copy's scripts at NEW_VENV. Never a
-      link or a shared directory: a rollback keeps the old dependencies.
+      same dependencies, points the copy's scripts at NEW_VENV and compiles
+      its modules there. Never a link or a shared directory: a rollback keeps
+      the old dependencies.
   release_venv.py stamp NEW_VENV DEPENDENCIES_JSON
       Writes the stamp of NEW_VENV after an install.
 
@@ -16,6 +17,7 @@ dependencies cannot be told from its text.
 
 Prints one JSON object: {"reused": bool, "changed": bool, "reason": str}.
 """
+import compileall
 import hashlib
 import json
 import os
@@ -82,8 +84,12 @@ def reuse(running, new, spec):
         return {"reused": False, "changed": False, "reason": "%s exists" % new}
     old = os.path.realpath(running)
     try:
-        shutil.copytree(old, new, symlinks=True)
+        # Compiled modules carry their source's path: compiled again at the
+        # new one, or tracebacks would name (and, once it is pruned, fail to
+        # show) the old release's files.
+        shutil.copytree(old, new, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         point_scripts_at(new, old)
+        compileall.compile_dir(os.path.join(new, "lib"), quiet=2, workers=0)
     except OSError as error:
         shutil.rmtree(new, ignore_errors=True)
         return {"reused": False, "changed": False, "reason": "copying %s failed: %s" % (old, error)}

@@ -3,6 +3,7 @@ running release's gets a copy of its virtualenv, pointed at its own path;
 anything else is installed anew."""
 import importlib.util
 import json
+import marshal
 import os
 import pathlib
 import subprocess
@@ -32,6 +33,10 @@ def releases(tmp_path):
         release.mkdir(parents=True)
         (release / "requirements.txt").write_text("celery[redis]==5.7.0\n")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(v1 / ".venv")], check=True)
+    # A package compiled where pip installed it.
+    site = next((v1 / ".venv" / "lib").glob("python*")) / "site-packages"
+    (site / "depmod.py").write_text("def where():\n    return __file__\n")
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(site)], check=True)
     script = v1 / ".venv" / "bin" / "celery"
     script.write_text("#!%s/.venv/bin/python\nimport sys\nprint(sys.prefix)\n" % v1)
     script.chmod(0o755)
@@ -61,6 +66,10 @@ def test_the_same_dependencies_get_a_copy_pointed_at_the_new_release(releases):
     subprocess.run(["rm", "-rf", str(v1)], check=True)
     out = subprocess.run([str(new / "bin" / "celery")], check=True, capture_output=True, text=True).stdout
     assert out.strip() == str(new)
+    # Its modules are compiled at its own path (tracebacks name the new files).
+    pyc = next((new / "lib").glob("python*/site-packages/__pycache__/depmod.*.pyc"))
+    code = marshal.loads(pyc.read_bytes()[16:])
+    assert code.co_filename == str(next((new / "lib").glob("python*")) / "site-packages" / "depmod.py")
     # Its stamp came along: the next release can be copied from it.
     assert release_venv.read_stamp(str(new)) == release_venv.dependencies_hash(json.loads(spec(v2)))[0]
 
