@@ -60,11 +60,12 @@ REQUIREMENTS_TASK = "Install the app's requirements into the virtualenv"
 
 
 def task_results(report, name):
-    """{host: result} of the task of that name in a JSON report."""
+    """{host: result} of the task of that name in a JSON report (where a
+    role's task is named "<role> : <name>")."""
     found = {}
     for play in report.get("plays", []):
         for task in play.get("tasks", []):
-            if task["task"]["name"] == name:
+            if task["task"]["name"].split(" : ")[-1] == name:
                 found.update(task.get("hosts", {}))
     return found
 
