@@ -61,12 +61,16 @@ REQUIREMENTS_TASK = "Install the app's requirements into the virtualenv"
 
 def task_results(report, name):
     """{host: result} of the task of that name in a JSON report (where a
-    role's task is named "<role> : <name>")."""
+    role's task is named "<role> : <name>"): its last run on each host that
+    was not skipped, else the skip (a task file included twice, as the worker
+    role's virtualenv tasks are in a release, gives the name twice)."""
     found = {}
     for play in report.get("plays", []):
         for task in play.get("tasks", []):
             if task["task"]["name"].split(" : ")[-1] == name:
-                found.update(task.get("hosts", {}))
+                for host, result in task.get("hosts", {}).items():
+                    if host not in found or found[host].get("skipped") or not result.get("skipped"):
+                        found[host] = result
     return found
 
 
