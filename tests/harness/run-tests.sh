@@ -8,7 +8,7 @@
 # Prints one line per stage and a closing "stages: N passed, N failed".
 source "$(dirname "$0")/common.sh"
 
-SCENARIOS=(preflight default supervisor beat rabbitmq faults pools release)
+SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 ((${#@})) && SCENARIOS=("$@")
 
 # The run, in three steps:
@@ -23,7 +23,7 @@ SCENARIOS=(preflight default supervisor beat rabbitmq faults pools release)
 #    those sizes itself to the machine's speed (they wait for the state they
 #    need and measure bounds against baselines taken in the same run), so
 #    they may share the machine.
-LANES=("preflight default faults" "supervisor beat rabbitmq")
+LANES=("preflight default faults tls" "supervisor beat rabbitmq")
 # After the matrix and the release's other checks, in the first lane.
 AFTER_MATRIX=(pools)
 

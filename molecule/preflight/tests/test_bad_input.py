@@ -27,6 +27,8 @@ pytestmark = pytest.mark.xdist_group("bad_input")
 # systemd's and the kernel's runtime state, apt's simulation in check mode.
 WATCHED = ("/etc", "/srv", "/var/lib", "/var/log", "/usr/local", "/opt", "/home")
 IGNORED = ("/var/lib/systemd", "/var/log/journal", "/var/lib/apt", "/var/lib/dpkg", "/var/log/apt")
+# A file on the controller wherever the checks run (a broker TLS file's stand-in).
+CONTROLLER_FILE = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), "galaxy.yml")
 # An existing user with UID 0 under another name; prepare.yml makes it.
 UID0_USER = "toor"
 
@@ -133,6 +135,15 @@ CASES = {
         {"celery_venv_create": False, "celery_venv": "/opt/celery-without-gevent",
          "celery_workers": [{"name": "io", "pool": "gevent"}]},
         ["celery_workers io use pool 'gevent'", "celery_venv '/opt/celery-without-gevent'", "cannot import the 'gevent' package"]),
+    "broker TLS file with a plain broker URL": (
+        {"celery_broker_tls_ca_file": CONTROLLER_FILE},
+        ["celery_broker_tls_ca_file name broker TLS files", "rediss:// or amqps://", "scheme is 'redis'"]),
+    "client certificate without its key": (
+        {"celery_broker_url": "rediss://broker:6379/0", "celery_broker_tls_cert_file": CONTROLLER_FILE},
+        ["celery_broker_tls_cert_file and celery_broker_tls_key_file must be set together"]),
+    "broker CA bundle missing on the controller": (
+        {"celery_broker_url": "amqps://broker:5671/", "celery_broker_tls_ca_file": "/nonexistent/broker-ca.pem"},
+        ["celery_broker_tls_ca_file '/nonexistent/broker-ca.pem' is not a file on the controller"]),
 }
 
 

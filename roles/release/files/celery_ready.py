@@ -4,7 +4,7 @@ Run with the release's own Python, in the release's directory, with the app's
 environment (broker URL) set:
 
     celery_ready.py --app APP --node NAME@HOST [--node ...] [--queue NAME@HOST=q1,q2]
-                    [--timeout 60] [--task NAME --task-args JSON --task-kwargs JSON
+                    [--broker-use-ssl JSON] [--timeout 60] [--task NAME --task-args JSON --task-kwargs JSON
                      --task-queue Q --task-timeout 60]
 
 Imports the app, waits until every node answers ping through the broker and
@@ -38,6 +38,8 @@ def main(argv=None):
     parser.add_argument("--node", action="append", default=[])
     parser.add_argument("--queue", action="append", default=[], help="NODE=q1,q2: queues NODE must consume")
     parser.add_argument("--timeout", type=float, default=60.0)
+    # The broker TLS settings the workers get on their command line.
+    parser.add_argument("--broker-use-ssl", type=json.loads, default=None)
     parser.add_argument("--task")
     parser.add_argument("--task-args", default="[]")
     parser.add_argument("--task-kwargs", default="{}")
@@ -52,6 +54,8 @@ def main(argv=None):
         app = find_app(opts.app)
     except Exception as exc:  # any import error of the user's app
         return _fail(report, "the app %r failed to import: %s: %s" % (opts.app, type(exc).__name__, exc))
+    if opts.broker_use_ssl:
+        app.conf.broker_use_ssl = opts.broker_use_ssl
 
     deadline = start + opts.timeout
     waiting = set(opts.node)

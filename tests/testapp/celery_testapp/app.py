@@ -35,6 +35,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
+# The tls scenario's checks publish the way the workers connect: with the
+# broker TLS settings the collection gives the workers on their command line.
+if os.environ.get("CELERY_TESTAPP_BROKER_USE_SSL"):
+    app.conf.broker_use_ssl = json.loads(os.environ["CELERY_TESTAPP_BROKER_USE_SSL"])
 # The pools scenario shows what a short Redis visibility_timeout does to a
 # task that outlives it while its worker drains.
 if os.environ.get("CELERY_TESTAPP_VISIBILITY_TIMEOUT"):

@@ -6,9 +6,7 @@
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import contextlib
 import functools
-import json
 import os
 import signal
 
@@ -17,23 +15,13 @@ from unittest import mock
 import pytest
 
 from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
+from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown import supervisor
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.engine import WarmShutdown
 from ansible_collections.celeryops.celery.plugins.module_utils._warm_shutdown.systemd import SystemdManager
 from ansible_collections.celeryops.celery.plugins.modules import warm_shutdown as module
 from ansible_collections.celeryops.celery.tests.unit.plugins.fake_world import FakeSupervisorctl, FakeSystemctl, unit
-
-
-try:
-    from ansible.module_utils.testing import patch_module_args
-except ImportError:  # ansible-core < 2.19
-    @contextlib.contextmanager
-    def patch_module_args(args=None):
-        serialized = to_bytes(json.dumps({'ANSIBLE_MODULE_ARGS': args or {}}))
-        with mock.patch.object(basic, '_ANSIBLE_ARGS', serialized):
-            yield
 
 
 class ExitJson(Exception):
