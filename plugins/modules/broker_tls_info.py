@@ -55,7 +55,13 @@ options:
     type: str
   check_hostname:
     description:
-      - Check that the broker's certificate names the host of O(url).
+      - Check that the broker's certificate names the host of O(url). Only with O(verify=true).
+    type: bool
+    default: true
+  verify:
+    description:
+      - Verify the broker's certificate. With V(false) any certificate is accepted and O(ca_content) is not used, so
+        the check shows only that the broker speaks TLS and accepts the client certificate.
     type: bool
     default: true
   timeout:
@@ -206,16 +212,17 @@ def _ssl_reason(error):
     return getattr(error, 'reason', None) or ''
 
 
-def build_context(ca_content, certfile, keyfile, check_hostname):
+def build_context(ca_content, certfile, keyfile, check_hostname, verify=True):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED
-    if ca_content:
+    # check_hostname first: verify_mode cannot drop to CERT_NONE while it is on.
+    context.check_hostname = check_hostname and verify
+    context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if verify and ca_content:
         try:
             context.load_verify_locations(cadata=ca_content)
         except (ssl.SSLError, ValueError) as e:
             raise TLSCheckError('ca', 'the CA bundle does not load: %s' % to_native(e))
-    else:
+    elif verify:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if certfile:
         try:
@@ -294,7 +301,7 @@ def run(params, warn, connect=socket.create_connection):
         brokers = []
         failure = None
         try:
-            context = build_context(params['ca_content'], certfile, keyfile, params['check_hostname'])
+            context = build_context(params['ca_content'], certfile, keyfile, params['check_hostname'], params['verify'])
         except TLSCheckError as e:
             return True, {'brokers': [], 'reason': e.reason, 'msg': e.error}
         for scheme, host, port in endpoints:
@@ -328,6 +335,7 @@ def main():
             cert_content=dict(type='str'),
             key_content=dict(type='str', no_log=True),
             check_hostname=dict(type='bool', default=True),
+            verify=dict(type='bool', default=True),
             timeout=dict(type='float', default=10),
             fail_on_unreachable=dict(type='bool', default=False),
         ),

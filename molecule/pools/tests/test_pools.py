@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from celery_checks import assert_held_task_ran_once, failed_tasks, json_report, run_site
+from celery_checks import assert_held_task_ran_once, outlive_the_redelivery_timeout, redelivery_window_refusals, task_attempts
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -124,53 +124,26 @@ def start_bare_worker(celery, name):
     wait_for_ping(celery, name)
 
 
-def worker_pid(celery, name):
-    return int(celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, name)).stdout.split()[0])
-
-
 def test_a_task_outliving_the_redelivery_timeout_while_its_worker_drains_runs_twice(celery):
     # What celery_broker_redelivery_timeout guards against, shown on Redis:
     # two workers share a queue, one drains a task longer than the
     # visibility_timeout, and Redis gives that task to the other as well.
-    names = ("drainer", "bystander")
-    try:
-        for name in names:
-            start_bare_worker(celery, name)
-        release = "/var/lib/%s/release-redeliver" % celery.app
-        celery.sh("rm -f %s" % release)
-        task_id = celery.probe("send", "hold", release, "--queue", "redeliver")
-        running_on = celery.wait_for(
-            lambda: next((n for n in names if any(t["id"] == task_id for t in celery.active(celery.node(n)))), None),
-            60, "the held task to start")
-        other = names[1] if running_on == names[0] else names[0]
-        celery.sh("kill -TERM %d" % worker_pid(celery, running_on))
-        started = time.monotonic()
-        # kombu's Redis consumers look for expired messages on every tenth
-        # round of a 10 s timer: the task comes back up to 100 s after its
-        # visibility_timeout, whatever the machine.
-        celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(celery.node(other))), 300,
-                        "Redis to hand the task held by the draining worker to the other one")
+    # kombu's Redis consumers look for expired messages on every tenth round
+    # of a 10 s timer: the task comes back up to 100 s after its
+    # visibility_timeout, whatever the machine.
+    with outlive_the_redelivery_timeout(celery, start_bare_worker, "redeliver", timeout=300) as (task_id, drainer, _other, seconds):
         print("%s: the task held by the draining worker ran again on the other one %.0f s after the drain began"
-              " (visibility_timeout %d s)" % (celery.hostname, time.monotonic() - started, VISIBILITY))
-        celery.release(release)
-        celery.wait_for(lambda: celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, running_on), check=False).rc != 0,
+              " (visibility_timeout %d s)" % (celery.hostname, seconds, VISIBILITY))
+        celery.wait_for(lambda: celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, drainer), check=False).rc != 0,
                         60, "the draining worker to finish and exit")
-        attempts = celery.sh(celery.in_app(".venv/bin/python -c %s" % shlex.quote(
-            "from celery_testapp.app import app; print(int(app.backend.client.get('celery_testapp:attempts:%s')))" % task_id)))
-        assert int(attempts.stdout.split()[-1]) == 2, "the task ran %s times" % attempts.stdout
+        assert task_attempts(celery, task_id) == 2
         logs = celery.sh("cat /tmp/drainer.log /tmp/bystander.log").stdout
         assert logs.count("hold[%s] succeeded" % task_id) == 2, "both workers ran the task to its end:\n%s" % logs[-3000:]
-    finally:
-        celery.sh("pkill -KILL -u %s -f -- '-n (drainer|bystander)@' || true" % celery.user)
-        celery.sh("rm -f /var/lib/%s/release-redeliver" % celery.app)
     # The collection refuses that window: a stop timeout (120 s here) at or
     # above the redelivery timeout fails before any change.
-    result = run_site({"celery_broker_redelivery_timeout": VISIBILITY}, limit=celery.host.backend.get_hostname(),
-                      callback="ansible.builtin.json")
-    messages = [failure[2] for failure in failed_tasks(json_report(result))]
-    assert result.returncode != 0 and any(
-        "celery_stop_timeout (120 s) must be below celery_broker_redelivery_timeout (%d s, as set)" % VISIBILITY in m
-        for m in messages), messages
+    messages = redelivery_window_refusals(celery.host, VISIBILITY)
+    assert any("celery_stop_timeout (120 s) must be below celery_broker_redelivery_timeout (%d s, as set)" % VISIBILITY in m
+               for m in messages), messages
 
 
 def wait_for_ping(celery, worker):

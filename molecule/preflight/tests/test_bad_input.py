@@ -138,6 +138,9 @@ CASES = {
     "broker TLS file with a plain broker URL": (
         {"celery_broker_tls_ca_file": CONTROLLER_FILE},
         ["celery_broker_tls_ca_file name broker TLS files", "rediss:// or amqps://", "scheme is 'redis'"]),
+    "broker TLS files beside TLS settings in the URL": (
+        {"celery_broker_url": "rediss://broker:6379/0?ssl_cert_reqs=required", "celery_broker_tls_ca_file": CONTROLLER_FILE},
+        ["celery_broker_tls_ca_file name broker TLS files", "carries TLS settings in its query", "in one place"]),
     "client certificate without its key": (
         {"celery_broker_url": "rediss://broker:6379/0", "celery_broker_tls_cert_file": CONTROLLER_FILE},
         ["celery_broker_tls_cert_file and celery_broker_tls_key_file must be set together"]),

@@ -1,6 +1,7 @@
 """What the scenarios' checks share: a host seen through its process manager
 and its broker, and the site playbook run the way a user runs it."""
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -139,6 +140,57 @@ def assert_held_task_ran_once(result, pool=None):
     if pool is not None:
         assert done["pid"] in pool, "the task ran in %d, not in a pool process of the old worker %s" % (done["pid"], pool)
     return done
+
+
+@contextlib.contextmanager
+def outlive_the_redelivery_timeout(celery, start_worker, queue, timeout=900):
+    """What celery_broker_redelivery_timeout guards against: two workers
+    (start_worker(celery, name), each consuming `queue` alone, one task at a
+    time) share the queue, one drains a held task past the broker's
+    redelivery timeout, and the broker gives that task to the other one as
+    well. Yields the task's id, the draining worker, the other one and the
+    seconds from the drain's start until the other one ran the task, once the
+    task is released and the other one has finished it; the workers are
+    killed after the block."""
+    names = ("drainer", "bystander")
+    release = "/var/lib/%s/release-%s" % (celery.app, uuid.uuid4().hex)
+    try:
+        for name in names:
+            start_worker(celery, name)
+        task_id = celery.probe("send", "hold", release, "--queue", queue)
+        running_on = celery.wait_for(
+            lambda: next((n for n in names if any(t["id"] == task_id for t in celery.active(celery.node(n)))), None),
+            60, "the held task to start")
+        other = names[1] if running_on == names[0] else names[0]
+        pid = celery.sh("pgrep -u %s -f -- '-n %s@'" % (celery.user, running_on)).stdout.split()[0]
+        celery.sh("kill -TERM %s" % pid)
+        started = time.monotonic()
+        celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(celery.node(other))), timeout,
+                        "the broker to give the task held by the draining worker to the other one")
+        seconds = time.monotonic() - started
+        celery.release(release)
+        celery.wait_for(lambda: "hold[%s] succeeded" % task_id in celery.sh("cat /tmp/%s.log" % other).stdout, 60,
+                        "the other worker to finish the task")
+        yield task_id, running_on, other, seconds
+    finally:
+        celery.sh("pkill -KILL -u %s -f -- '-n (%s)@' || true" % (celery.user, "|".join(names)))
+        celery.sh("rm -f %s" % release)
+
+
+def task_attempts(celery, task_id):
+    """How many times the test app's task started (its attempts counter)."""
+    code = "from celery_testapp.app import app; print(int(app.backend.client.get('celery_testapp:attempts:%s')))" % task_id
+    return int(celery.sh(celery.in_app(".venv/bin/python -c %s" % shlex.quote(code))).stdout.split()[-1])
+
+
+def redelivery_window_refusals(host, timeout):
+    """The failed tasks' messages of a site run on host with
+    celery_broker_redelivery_timeout set to timeout (below the scenarios'
+    120 s celery_stop_timeout), which must fail before any change."""
+    result = run_site({"celery_broker_redelivery_timeout": timeout}, limit=host.backend.get_hostname(),
+                      callback="ansible.builtin.json")
+    assert result.returncode != 0, "the site run passed with a redelivery timeout of %d s" % timeout
+    return [failure[2] for failure in failed_tasks(json_report(result))]
 
 
 class CeleryHost:

@@ -19,15 +19,18 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Keep each host's checks in one xdist worker, in file order: they stop,
     restart and kill that host's workers and must not overlap. Hosts still run
-    in parallel. A check marked one_host_per_manager is deselected (reported
-    as such, never counted as passed) on all but the first host of each
-    process manager."""
+    in parallel, and so does a check that names an xdist group of its own.
+    A check marked one_host_per_manager is deselected (reported as such,
+    never counted as passed) on all but the first host of each process
+    manager."""
     kept, deselected, seen = [], [], set()
     for item in items:
         callspec = getattr(item, "callspec", None)
         host = callspec.params.get("_testinfra_host") if callspec else None
         if host is not None:
-            item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
+            # A check in a group of its own (its module's xdist_group) keeps it.
+            if item.get_closest_marker("xdist_group") is None:
+                item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
             if item.get_closest_marker(ONE_HOST_PER_MANAGER):
                 key = (item.originalname, host.ansible.get_variables().get("celery_process_manager", "systemd"))
                 if key in seen:

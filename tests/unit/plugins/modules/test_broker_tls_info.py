@@ -131,7 +131,7 @@ def tls_server(pki, answer=b'+PONG\r\n', require_client_cert=False):
 
 def params(port, scheme='rediss', **overrides):
     base = dict(url='%s://:%s@localhost:%d/0' % (scheme, PASSWORD, port), ca_content=None, cert_content=None,
-                key_content=None, check_hostname=True, timeout=5.0, fail_on_unreachable=False)
+                key_content=None, check_hostname=True, verify=True, timeout=5.0, fail_on_unreachable=False)
     base.update(overrides)
     return base
 
@@ -157,6 +157,16 @@ def test_the_system_cas_do_not_verify_a_private_ca(pki):
     with tls_server(pki) as port:
         failed, result = module.run(params(port), warn=pytest.fail)
     assert failed and result['reason'] == 'verify', result
+
+
+def test_without_verification_any_certificate_is_accepted_but_a_client_certificate_still_counts(pki):
+    with tls_server(pki, require_client_cert=True) as port:
+        failed, result = module.run(params(port, url='rediss://127.0.0.1:%d/0' % port, ca_content=pki['wrong_ca'],
+                                           verify=False, cert_content=pki['client'], key_content=pki['client_key']),
+                                    warn=pytest.fail)
+        assert not failed, result
+        failed, result = module.run(params(port, verify=False), warn=pytest.fail)
+        assert failed and result['reason'] == 'client_certificate', result
 
 
 def test_a_certificate_for_another_name_is_a_hostname_failure(pki):
