@@ -4,18 +4,12 @@ change. And the playbooks' own variables (celery_hosts,
 celery_release_serial, celery_release_max_fail_percentage) are checked
 before any change, with a message naming the variable.
 
-Same pristine host as test_bad_input.py (nothing here changes it). The
-plays change nothing, so they run four at a time, once, before the checks
-read their results."""
-import concurrent.futures
-
+Same pristine host as test_bad_input.py (nothing here changes it)."""
 import pytest
 
 from failed_tasks import assert_failed_with, run_playbook
 
 testinfra_hosts = ["ansible://celery_workers"]
-# The plays run once, in one xdist worker, four at a time (see runs()).
-pytestmark = pytest.mark.xdist_group("tags")
 
 MARKER = "/root/.tags-marker"
 WATCHED = "/etc /srv /var/lib /var/log /usr/local /opt /home"
@@ -50,9 +44,37 @@ BAD = {
 }
 
 
+def run(extra_vars, playbook="celeryops.celery.site", args=()):
+    return run_playbook(playbook, extra_vars, args)
+
+
 def changed_paths(host):
     out = host.check_output("find %s -xdev -newer %s 2>/dev/null || true" % (WATCHED, MARKER))
     return [p for p in out.splitlines() if p and not (p + "/").startswith(IGNORED)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def marker(host):
+    host.run("touch %s && sleep 1" % MARKER)
+
+
+@pytest.mark.parametrize("option,tags,role", TAG_CASES, ids=["%s %s, bad %s input" % c for c in TAG_CASES])
+def test_no_tag_skips_the_checks(host, option, tags, role):
+    extra_vars, words = BAD[role]
+    result = run(extra_vars, args=(option, tags))
+    assert_failed_with(result, words, "%s %s, bad input for %s" % (option, tags, role))
+    assert changed_paths(host) == [], "the host changed before the error"
+    assert host.run("getent passwd testapp").rc != 0, "the app user was created"
+
+
+def test_tags_preflight_runs_the_checks_alone(host):
+    # The positive control of the cases above: valid input, only the checks run.
+    result = run({}, args=("--tags", "preflight"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "Check that the distribution and its version are supported" in output
+    assert "Install the worker units" not in output and "Create the app user" not in output
+    assert changed_paths(host) == [], "the checks alone changed the host"
 
 
 PLAYBOOK_VARS = {
@@ -65,46 +87,12 @@ PLAYBOOK_VARS = {
                                 ["celery_release_max_fail_percentage", "0 to 100"]),
     "host pattern as a list": ("celeryops.celery.site", {"celery_hosts": ["celery_workers"]}, ["celery_hosts"]),
 }
-# The positive control of the tag cases: valid input, only the checks run.
-CHECKS_ALONE = ("--tags", "preflight")
-
-
-@pytest.fixture(scope="module")
-def runs(host):
-    """{case: CompletedProcess} of every play here, and the paths changed
-    since a marker made before the first of them."""
-    host.run("touch %s && sleep 1" % MARKER)
-    plays = {CHECKS_ALONE: ("celeryops.celery.site", {}, CHECKS_ALONE)}
-    for option, tags, role in TAG_CASES:
-        plays[(option, tags, role)] = ("celeryops.celery.site", BAD[role][0], (option, tags))
-    for case, (playbook, extra_vars, _words) in PLAYBOOK_VARS.items():
-        plays[case] = (playbook, dict(extra_vars, celery_release_src="/nonexistent-release-src"), ())
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = {case: pool.submit(run_playbook, playbook, extra_vars, args)
-                   for case, (playbook, extra_vars, args) in plays.items()}
-        results = {case: future.result() for case, future in futures.items()}
-    return results, changed_paths(host)
-
-
-@pytest.mark.parametrize("option,tags,role", TAG_CASES, ids=["%s %s, bad %s input" % c for c in TAG_CASES])
-def test_no_tag_skips_the_checks(host, runs, option, tags, role):
-    results, changed = runs
-    assert_failed_with(results[(option, tags, role)], BAD[role][1], "%s %s, bad input for %s" % (option, tags, role))
-    assert changed == [], "the host changed before the errors"
-    assert host.run("getent passwd testapp").rc != 0, "the app user was created"
-
-
-def test_tags_preflight_runs_the_checks_alone(runs):
-    results, changed = runs
-    output = results[CHECKS_ALONE].stdout + results[CHECKS_ALONE].stderr
-    assert results[CHECKS_ALONE].returncode == 0, output[-4000:]
-    assert "Check that the distribution and its version are supported" in output
-    assert "Install the worker units" not in output and "Create the app user" not in output
-    assert changed == [], "the checks alone changed the host"
 
 
 @pytest.mark.parametrize("case", sorted(PLAYBOOK_VARS))
-def test_bad_playbook_variables_fail_before_any_change(runs, case):
-    results, changed = runs
-    assert_failed_with(results[case], PLAYBOOK_VARS[case][2], case)
-    assert changed == [], "the host changed before the error"
+def test_bad_playbook_variables_fail_before_any_change(host, case):
+    playbook, extra_vars, words = PLAYBOOK_VARS[case]
+    extra_vars = dict(extra_vars, celery_release_src="/nonexistent-release-src")
+    result = run(extra_vars, playbook=playbook)
+    assert_failed_with(result, words, case)
+    assert changed_paths(host) == [], "the host changed before the error"
