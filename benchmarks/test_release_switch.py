@@ -1,5 +1,6 @@
 """Benchmark of release switches, run on the `release` scenario's fleet
-(Debian 12 and 13 under systemd, Ubuntu 24.04 under supervisor, one Redis):
+(Debian 12 under systemd and Ubuntu 24.04 under supervisor on RabbitMQ, Debian 13
+under systemd on Redis):
 
     make bench
 

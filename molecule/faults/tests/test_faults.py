@@ -26,7 +26,7 @@ import uuid
 import pytest
 import testinfra
 
-from celery_checks import CeleryHost, run_site, wait
+from celery_checks import RUNNING_WITHOUT_RESTART, CeleryHost, answer_after_outage_bound, run_site, wait
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
 BROKER = "fl-broker"
@@ -140,16 +140,6 @@ def main_pids(hosts):
     return {(name, worker): celery.main_pid(worker) for name, celery in hosts.items() for worker in celery.workers}
 
 
-def manager_state(celery, worker):
-    """systemd: ActiveState and NRestarts (automatic restarts); supervisor: the program's state."""
-    if celery.manager == "systemd":
-        return sorted(celery.sh("systemctl show -p ActiveState -p NRestarts %s" % celery.service(worker)).stdout.split())
-    return celery.sh("supervisorctl status %s" % celery.service(worker), check=False).stdout.split()[1:2]
-
-
-UP = (["ActiveState=active", "NRestarts=0"], ["RUNNING"])
-
-
 def log_mark(celery, worker):
     """Where the worker's log ends now: a time for the journal, a size for a file."""
     path = "/var/log/%s/worker-%s.log" % (celery.app, worker)
@@ -202,7 +192,7 @@ def test_a_pool_process_killed_with_sigkill_is_replaced_while_its_sibling_finish
         assert state == "SUCCESS" and value["released"] and value["attempt"] == 1, (name, state, value)
         assert value["pid"] == busy, "%s: the task ran in %s, not in the process it started in (%d)" % (name, value["pid"], busy)
         assert celery.main_pid("default") == main[name], "%s: the worker restarted" % name
-        assert manager_state(celery, "default") in UP
+        assert celery.manager_state("default") in RUNNING_WITHOUT_RESTART
         log = log_after(celery, "default", marks[name])
         assert "pid:%d exited with 'signal 9 (SIGKILL)'" % victim in log, "%s: the worker did not see its child die:\n%s" % (name, log[-2000:])
         print("%s: pool process %d killed, replaced by %s; the task held in %d through it succeeded once; main process %d kept"
@@ -241,7 +231,7 @@ def test_a_task_past_the_memory_limit_loses_its_pool_process_and_the_worker_goes
     assert oom_kills(celery, settings["ControlGroup"]) > kills, "no OOM kill was counted in %s" % settings["ControlGroup"]
     log = log_after(celery, "mem", mark)
     assert "pid:%d exited with 'signal 9 (SIGKILL)'" % child in log, log[-3000:]
-    assert celery.main_pid("mem") == main and manager_state(celery, "mem") in UP
+    assert celery.main_pid("mem") == main and celery.manager_state("mem") in RUNNING_WITHOUT_RESTART
     assert child not in celery.children(main)
     after = celery.probe("call", "whoami", "--queue", "mem", "--timeout", "30")
     assert after["state"] == "SUCCESS" and after["result"]["pid"] != child, after
@@ -258,7 +248,7 @@ def test_a_task_past_the_memory_limit_loses_its_pool_process_and_the_worker_goes
     assert result["result"]["pid"] == before, "the leak ran in another pool process than the task before it: %s" % result
     after = celery.probe("call", "whoami", "--queue", "mem", "--timeout", "30")["result"]["pid"]
     assert after != before, "pool process %d still runs tasks after passing max_memory_per_child" % before
-    assert celery.main_pid("mem") == main and manager_state(celery, "mem") in UP
+    assert celery.main_pid("mem") == main and celery.manager_state("mem") in RUNNING_WITHOUT_RESTART
     print("supervisor: pool process %d replaced by %d after holding 150 MiB; main %d kept" % (before, after, main))
 
 
@@ -283,15 +273,6 @@ def pong_delays(hosts, workers, timeout):
     pairs = [(name, worker) for name in hosts for worker in workers]
     with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
         return dict(zip(pairs, pool.map(delay, pairs)))
-
-
-def ping_seconds(celery, worker):
-    """How long one ping round trip takes here now (the CLI's start-up is most
-    of it): the baseline the outage bounds are measured against."""
-    def answered():
-        started = time.monotonic()
-        return pong(celery, celery.node(worker)) and time.monotonic() - started
-    return wait(answered, 180, "%s to answer ping before the outage" % celery.node(worker))
 
 
 def unacked_ids(celery):
@@ -338,7 +319,7 @@ def outage(hosts):
     with broker_restored():
         for name, celery in hosts.items():
             control(celery, "stop", "mem")
-            seen["baseline"][name] = ping_seconds(celery, "default")
+            seen["baseline"][name] = celery.ping_seconds("default")
             seen["default_marks"][name] = log_mark(celery, "default")
         for name, celery in hosts.items():
             # Both pool processes of the default worker busy until released,
@@ -384,7 +365,7 @@ def outage(hosts):
         time.sleep(max(0, 15 - (time.monotonic() - started)))
         for name, celery in hosts.items():
             # [:] keeps pgrep from finding the shell that runs it.
-            seen["samples"][name] = {"pid": celery.main_pid("mem"), "state": manager_state(celery, "mem"),
+            seen["samples"][name] = {"pid": celery.main_pid("mem"), "state": celery.manager_state("mem"),
                                      "publisher": celery.sh("pgrep -f 'faults[:]outage'", check=False).rc == 0}
         time.sleep(max(0, OUTAGE - (time.monotonic() - stopped), 10 - (time.monotonic() - released)))
         seen["during"] = main_pids(hosts)
@@ -402,12 +383,7 @@ def outage(hosts):
 
 
 def test_running_workers_wait_out_a_broker_outage_without_a_restart_and_lose_no_task(hosts, outage):
-    # The longest a worker may take to answer after the broker's return:
-    # Celery's connection retries wait up to 30 s apart (kombu's backoff), plus
-    # one failed and one good ping round trip measured on this machine before
-    # the outage (pong() gives a silent worker PING_REPLY s), plus 5 s for the
-    # connection attempt and the consumer's own start.
-    bound = {name: 30 + 2 * outage["baseline"][name] + PING_REPLY + 5 for name in hosts}
+    bound = {name: answer_after_outage_bound(outage["baseline"][name], PING_REPLY) for name in hosts}
     print("broker down %.0fs (the workers saw the connection drop after %.0fs); the running workers answered ping %s s "
           "after its return (bounds %s s, ping baseline %s s)"
           % (outage["down"], outage["lost_seen"],
@@ -421,7 +397,7 @@ def test_running_workers_wait_out_a_broker_outage_without_a_restart_and_lose_no_
         pid = outage["before"][(name, "default")]
         assert outage["during"][(name, "default")] == pid and outage["after"][(name, "default")] == pid, (
             "%s: the default worker restarted: %s" % (name, [outage[k][(name, "default")] for k in ("before", "during", "after")]))
-        assert manager_state(celery, "default") in UP, (name, manager_state(celery, "default"))
+        assert celery.manager_state("default") in RUNNING_WITHOUT_RESTART, (name, celery.manager_state("default"))
         in_flight = outage["in_flight"][name]
         held = results(celery, in_flight, 180)
         queued = results(celery, outage["queued"][name] + [outage["after_return"][name]], 120)
@@ -482,7 +458,7 @@ def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_comes_up_wit
         pid = outage["started"][name]
         assert pid and pid != outage["before"][(name, "mem")], "%s: mem was not started anew" % name
         sample = outage["samples"][name]
-        assert sample["pid"] == pid and sample["state"] in UP, "%s: 15 s after its start with no broker: %s" % (name, sample)
+        assert sample["pid"] == pid and sample["state"] in RUNNING_WITHOUT_RESTART, "%s: 15 s after its start with no broker: %s" % (name, sample)
         assert outage["during"][(name, "mem")] == pid, "%s: mem exited while the broker was down" % name
         log = log_after(celery, "mem", outage["marks"][name])
         assert "Cannot connect to redis://" in log and "Trying again in" in log, "%s: no retry in the log:\n%s" % (name, log[-2000:])
@@ -573,7 +549,7 @@ def test_after_a_reboot_every_worker_and_beat_are_back_by_themselves(hosts):
         for worker in celery.workers:
             result = celery.probe("call", "whoami", "--queue", "mem" if worker == "mem" else "celery", "--timeout", "30")
             assert result["state"] == "SUCCESS" and result["result"]["pid"] in celery.children(celery.main_pid(worker)), (name, worker, result)
-            assert manager_state(celery, worker) in UP
+            assert celery.manager_state(worker) in RUNNING_WITHOUT_RESTART
     assert not hosts[SUPERVISOR].beat_pids()
     print("Beat (systemd) ticking %.1fs after the containers started" % beat_ticks_again(hosts[BEAT_HOST], booted))
 

@@ -15,10 +15,10 @@ from celery_checks import run_site
 APP = "testapp"
 HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]
 MANAGERS = {"rl-debian-12": "systemd", "rl-ubuntu-2404": "supervisor", "rl-debian-13": "systemd"}
+# The broker of each host's queues (molecule.yml): RabbitMQ under both
+# managers, Redis for the third. Results of all three go to the Redis.
+BROKERS = {"rl-debian-12": "rabbitmq", "rl-ubuntu-2404": "rabbitmq", "rl-debian-13": "redis"}
 BEAT_HOST = HOSTS[0]
-# The stream is published from this host, with release v1's virtualenv (kept:
-# it is the previous or an older release throughout, never pruned).
-PRODUCER = HOSTS[-1]
 ROOT = "/srv/%s" % APP
 ENV_FILE = "/etc/%s/celery.env" % APP
 REPO = os.environ.get("MOLECULE_PROJECT_DIRECTORY") or os.path.abspath(
@@ -166,23 +166,40 @@ def beat_count(host):
 
 
 class Stream:
-    """record(seq) tasks published every `interval` seconds to the hosts' own
-    queues in turn, from PRODUCER, while the sampler counts Beat processes."""
+    """record(seq) tasks published to the hosts' own queues, while the sampler
+    counts Beat processes. A host's queue lives on its broker, so each broker
+    has a producer of its own that publishes to its hosts' queues in turn, in a range
+    of sequence numbers of its own. Each queue gets a task every
+    `interval` x len(hosts) seconds, as from one producer over all of them;
+    every execution lands in the one result backend the fleet shares."""
+
+    SEQ_RANGE = 1000000
 
     def __init__(self, hosts=None, interval=0.05):
-        self.queues = ["host." + h for h in (hosts or HOSTS)]
-        self.interval = interval
+        hosts = hosts or HOSTS
+        self.hosts = hosts
+        # The last host of each broker publishes, with release v1's
+        # virtualenv: none of them is the first host, the only one whose v1
+        # a check prunes.
+        self.producers = []
+        for number, broker in enumerate(sorted({BROKERS[h] for h in hosts})):
+            served = [h for h in hosts if BROKERS[h] == broker]
+            self.producers.append({"host": served[-1], "queues": ["host." + h for h in served],
+                                   "first_seq": number * self.SEQ_RANGE,
+                                   "interval": interval * len(hosts) / len(served)})
         self.stop_file = "/tmp/stream.stop"
         self.beat_samples = []
         self._sampling = False
 
     def __enter__(self):
-        probe(PRODUCER, "clear-records")
-        sh(PRODUCER, "rm -f %s /tmp/stream.out" % self.stop_file)
-        queues = " ".join("--queue " + q for q in self.queues)
-        subprocess.run(["docker", "exec", "-d", PRODUCER, "sh", "-c", in_release(
-            "v1", "-m celery_testapp.probe stream %s --interval %s --stop-file %s > /tmp/stream.out 2>&1"
-            % (queues, self.interval, self.stop_file))], check=True)
+        probe(self.producers[0]["host"], "clear-records")
+        for producer in self.producers:
+            sh(producer["host"], "rm -f %s /tmp/stream.out" % self.stop_file)
+        for producer in self.producers:
+            queues = " ".join("--queue " + q for q in producer["queues"])
+            subprocess.run(["docker", "exec", "-d", producer["host"], "sh", "-c", in_release(
+                "v1", "-m celery_testapp.probe stream %s --interval %s --first-seq %d --stop-file %s > /tmp/stream.out 2>&1"
+                % (queues, producer["interval"], producer["first_seq"], self.stop_file))], check=True)
         self._sampling = True
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -196,18 +213,22 @@ class Stream:
 
     def __exit__(self, *exc):
         time.sleep(3)
-        sh(PRODUCER, "touch %s" % self.stop_file)
+        for producer in self.producers:
+            sh(producer["host"], "touch %s" % self.stop_file)
         self._sampling = False
         self._sampler.join(10)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not sh(PRODUCER, "cat /tmp/stream.out", check=False).stdout.strip():
-            time.sleep(0.5)
-        out = sh(PRODUCER, "cat /tmp/stream.out").stdout.strip().splitlines()
-        self.published = json.loads(out[-1])["published"]
+        for producer in self.producers:
+            host = producer["host"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not sh(host, "cat /tmp/stream.out", check=False).stdout.strip():
+                time.sleep(0.5)
+            out = sh(host, "cat /tmp/stream.out").stdout.strip().splitlines()
+            producer["published"] = json.loads(out[-1])["published"]
+        self.published = sum(producer["published"] for producer in self.producers)
         # Every task published is executed within a minute, or it was lost.
         deadline = time.monotonic() + 60
         while True:
-            self.records = probe(PRODUCER, "records")
+            self.records = probe(self.producers[0]["host"], "records")
             if len(self.records) >= self.published or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -215,7 +236,10 @@ class Stream:
 
     # -- what the stream saw -------------------------------------------
     def lost(self):
-        return sorted(set(range(self.published)) - {r["seq"] for r in self.records})
+        expected = set()
+        for producer in self.producers:
+            expected.update(range(producer["first_seq"], producer["first_seq"] + producer["published"]))
+        return sorted(expected - {r["seq"] for r in self.records})
 
     def duplicated(self):
         seen = {}
@@ -232,8 +256,11 @@ class Stream:
         """Longest time between two completed tasks (of one host's queue)."""
         if host is None:
             return self._longest_gap([r["at"] for r in self.records])
-        turn = self.queues.index("host." + host)
-        return self._longest_gap([r["at"] for r in self.records if r["seq"] % len(self.queues) == turn])
+        producer = next(p for p in self.producers if "host." + host in p["queues"])
+        first, queues = producer["first_seq"], producer["queues"]
+        turn = queues.index("host." + host)
+        return self._longest_gap([r["at"] for r in self.records
+                                  if first <= r["seq"] < first + self.SEQ_RANGE and (r["seq"] - first) % len(queues) == turn])
 
     def versions(self):
         return sorted({r["version"] for r in self.records})
@@ -242,5 +269,5 @@ class Stream:
         return {"published": self.published, "executed": len(self.records), "lost": len(self.lost()),
                 "duplicated": len(self.duplicated()),
                 "longest_pause": round(self.longest_pause(), 3),
-                "longest_pause_per_host": {h: round(self.longest_pause(h), 3) for h in HOSTS},
+                "longest_pause_per_host": {h: round(self.longest_pause(h), 3) for h in self.hosts},
                 "beat_processes_seen": sorted(set(self.beat_samples))}

@@ -1,5 +1,5 @@
 """Release switches on a fleet of three hosts (two under systemd, one under
-supervisor) behind one Redis, as a user runs them:
+supervisor; the first two on RabbitMQ, the third on Redis), as a user runs them:
 `ansible-playbook celeryops.celery.release` and `celeryops.celery.rollback`.
 
 A stream of short tasks (one every 0.05 s, to each host's own queue in turn)
@@ -283,6 +283,24 @@ def test_site_playbook_after_releases_changes_nothing():
     assert sorted(hosts) == sorted(HOSTS), result.stdout[-3000:]
     assert {h: v["changed"] for h, v in hosts.items()} == {h: 0 for h in HOSTS}, result.stdout[-3000:]
     released_everywhere("v3")
+
+
+def test_the_status_shows_each_hosts_release_and_beat_on_its_host_only(tmp_path):
+    report = tmp_path / "status.json"
+    result = ok(playbook("status", celery_status_json=str(report)))
+    with open(str(report)) as handle:
+        fleet = json.load(handle)
+    assert sorted(fleet) == sorted(HOSTS), fleet
+    for host in HOSTS:
+        seen = fleet[host]
+        assert seen["manager"] == MANAGERS[host] and seen["problems"] == [], seen
+        assert seen["release"] == {"current": "v3", "previous": link(host, "previous").rsplit("/", 1)[1]}, seen["release"]
+        assert (seen["beat"]["state"] == "running") == (host == BEAT_HOST), (host, seen["beat"])
+        assert [(w["name"], w["state"], w["answers_ping"]) for w in seen["workers"]] == [("default", "running", True)], seen
+        assert sorted(seen["workers"][0]["queues"]) == sorted(["celery", "host." + host]), seen["workers"][0]
+    # The table: the Beat host's line says so.
+    assert any(line.strip(' "').startswith(BEAT_HOST + "  ") and "Beat runs here" in line
+               for line in result.stdout.splitlines()), result.stdout[-3000:]
 
 
 def test_old_releases_are_pruned_but_never_the_current_or_previous(tmp_path):

@@ -33,6 +33,20 @@ def run_site(extra_vars=None, check=False, inventory=None, playbook="celeryops.c
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, check=False)
 
 
+def run_status(hostname, report_dir, check=False, **extra_vars):
+    """The status playbook on one host, as a user runs it (its table on the
+    default callback's output), and the host's entry of the JSON report it
+    wrote (None when it wrote none)."""
+    path = os.path.join(str(report_dir), "status-%s.json" % uuid.uuid4().hex)
+    result = run_site(dict(extra_vars, celery_status_json=path), playbook="celeryops.celery.status", limit=hostname,
+                      check=check)
+    report = None
+    if os.path.exists(path):
+        with open(path) as handle:
+            report = json.load(handle).get(hostname)
+    return result, report
+
+
 def json_report(result):
     """The report of a run with the ansible.builtin.json callback (what other
     callbacks print around it, e.g. profile_tasks, is left aside)."""
@@ -193,6 +207,22 @@ def redelivery_window_refusals(host, timeout):
     return [failure[2] for failure in failed_tasks(json_report(result))]
 
 
+# What the process manager says of a worker that has run since it started,
+# never restarted: systemd's ActiveState and NRestarts (automatic restarts),
+# supervisor's state.
+RUNNING_WITHOUT_RESTART = (["ActiveState=active", "NRestarts=0"], ["RUNNING"])
+
+
+def answer_after_outage_bound(ping_seconds, ping_reply=5):
+    """The longest a running worker may take to answer ping after its broker
+    came back: Celery's connection retries wait up to 30 s apart (kombu's
+    backoff), plus one failed and one good ping round trip as measured on the
+    machine before the outage (a silent worker costs the ping its reply
+    timeout, ping_reply s), plus 5 s for the connection attempt and the
+    consumer's own start."""
+    return 30 + 2 * ping_seconds + ping_reply + 5
+
+
 class CeleryHost:
     """One provisioned host, seen through its process manager and its broker."""
 
@@ -231,6 +261,15 @@ class CeleryHost:
     def ping(self, node, timeout=5):
         cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json" % (node, timeout)), check=False)
         return cmd.rc == 0 and node in cmd.stdout
+
+    def ping_seconds(self, worker):
+        """How long one ping round trip takes here now (the CLI's start-up is
+        most of it): the baseline that bounds on a worker's answer after a
+        fault are measured against."""
+        def answered():
+            started = time.monotonic()
+            return self.ping(self.node(worker)) and time.monotonic() - started
+        return wait(answered, 180, "%s to answer ping" % self.node(worker))
 
     def active(self, node):
         cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node), check=False)
@@ -308,6 +347,13 @@ class CeleryHost:
         else:
             out = self.sh("supervisorctl pid %s" % self.service(worker), check=False).stdout.strip()
         return int(out) if out.isdigit() else 0
+
+    def manager_state(self, worker):
+        """systemd: ActiveState and NRestarts; supervisor: the program's
+        state (see RUNNING_WITHOUT_RESTART)."""
+        if self.manager == "systemd":
+            return sorted(self.sh("systemctl show -p ActiveState -p NRestarts %s" % self.service(worker)).stdout.split())
+        return self.sh("supervisorctl status %s" % self.service(worker), check=False).stdout.split()[1:2]
 
     def restart(self, worker):
         if self.manager == "systemd":

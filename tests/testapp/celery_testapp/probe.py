@@ -5,7 +5,7 @@
     python -m celery_testapp.probe send sleep 8          # prints the task id only
     python -m celery_testapp.probe wait <task id> --timeout 60
     python -m celery_testapp.probe ticks                 # Beat ticks executed so far
-    python -m celery_testapp.probe stream --queue q1 --queue q2 --interval 0.05 --stop-file /tmp/stop
+    python -m celery_testapp.probe stream --queue q1 --queue q2 --interval 0.05 --stop-file /tmp/stop [--first-seq N]
                                                          # record(seq) tasks until the file exists
     python -m celery_testapp.probe records               # executions of record() so far
     python -m celery_testapp.probe batch sleep 3 --count 50 --queue gevent --timeout 60
@@ -49,6 +49,8 @@ def main(argv=None):
     stream.add_argument("--queue", action="append", required=True, help="queues, used in turn")
     stream.add_argument("--interval", type=float, default=0.05)
     stream.add_argument("--stop-file", required=True)
+    stream.add_argument("--first-seq", type=int, default=0,
+                        help="the first sequence number: streams of several producers count in ranges of their own")
     for name, text in (("records", "print the executions of record() as JSON"),
                        ("clear-records", "forget the executions of record()")):
         sub.add_parser(name, help=text).add_argument("--key", default=None, help="the list record() wrote to")
@@ -107,17 +109,19 @@ def _batch(opts):
 
 def _stream(opts):
     """Publishes at a steady rate, each task to the next queue in turn; prints
-    what it published (sequence numbers 0..published-1, per queue)."""
-    seq = 0
+    what it published (sequence numbers first_seq..first_seq+published-1,
+    task n to queue n % len(queues))."""
+    count = 0
     started = time.time()
     next_at = time.monotonic()
     while not os.path.exists(opts.stop_file):
-        queue = opts.queue[seq % len(opts.queue)]
-        app.send_task("celery_testapp.app.record", args=[seq], queue=queue)
-        seq += 1
+        queue = opts.queue[count % len(opts.queue)]
+        app.send_task("celery_testapp.app.record", args=[opts.first_seq + count], queue=queue)
+        count += 1
         next_at += opts.interval
         time.sleep(max(0.0, next_at - time.monotonic()))
-    print(json.dumps({"published": seq, "queues": opts.queue, "started": started, "stopped": time.time()}))
+    print(json.dumps({"published": count, "first_seq": opts.first_seq, "queues": opts.queue, "started": started,
+                      "stopped": time.time()}))
     return 0
 
 

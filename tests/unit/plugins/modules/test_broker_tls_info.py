@@ -17,12 +17,8 @@ import ssl
 import struct
 import threading
 
-from unittest import mock
-
 import pytest
 
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 # tests/unit/requirements.txt: ansible-test units installs it.
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -245,37 +241,17 @@ def test_urls_it_cannot_check(url, words):
         module.parse_endpoints(url)
 
 
-class Exit(Exception):
-    pass
-
-
-def _main(args):
-    out = {}
-
-    def record(failed):
-        def done(self, **kwargs):
-            out.update(kwargs, failed=failed)
-            raise Exit()
-        return done
-
-    with patch_module_args(args), \
-            mock.patch.object(basic.AnsibleModule, 'exit_json', record(False)), \
-            mock.patch.object(basic.AnsibleModule, 'fail_json', record(True)):
-        with pytest.raises(Exit):
-            module.main()
-    return out
-
-
-def test_the_module_fails_with_the_endpoint_and_never_the_url(pki):
+def test_the_module_fails_with_the_endpoint_and_never_the_url(pki, run_main):
     with tls_server(pki) as port:
-        out = _main({'url': 'rediss://:%s@localhost:%d/0' % (PASSWORD, port), 'ca_content': pki['wrong_ca']})
+        out = run_main(module, {'url': 'rediss://:%s@localhost:%d/0' % (PASSWORD, port), 'ca_content': pki['wrong_ca']})
     assert out['failed'] and out['reason'] == 'verify' and 'localhost:%d' % port in out['msg'], out
     assert PASSWORD not in json.dumps(out)
 
 
-def test_the_module_reports_and_changes_nothing(pki):
+def test_the_module_reports_and_changes_nothing(pki, run_main):
     with tls_server(pki, require_client_cert=True) as port:
-        out = _main({'url': 'rediss://:%s@localhost:%d/0' % (PASSWORD, port), 'ca_content': pki['ca'],
-                     'cert_content': pki['client'], 'key_content': pki['client_key'], '_ansible_check_mode': True})
+        out = run_main(module, {'url': 'rediss://:%s@localhost:%d/0' % (PASSWORD, port), 'ca_content': pki['ca'],
+                                'cert_content': pki['client'], 'key_content': pki['client_key'],
+                                '_ansible_check_mode': True})
     assert not out['failed'] and out['changed'] is False and out['brokers'][0]['ok'], out
     assert PASSWORD not in json.dumps(out) and pki['client_key'] not in json.dumps(out)
