@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from release_checks import (APP, BEAT_HOST, HOSTS, REQUIREMENTS_TASK, ROOT, Stream, active_ids, app_process_cwds,
+from release_checks import (APP, BEAT_HOST, HOSTS, MANAGERS, REQUIREMENTS_TASK, ROOT, Stream, active_ids, app_process_cwds,
                             assert_own_copy, beat_count, handover_left, link, make_release, ok, playbook, probe,
                             run_site, sh, task_results, venv_copied, whoami)
 from celery_checks import (SHARED_CHECKS, assert_held_task_ran_once, failed_tasks, json_report, recap, shared_check_runs, wait,
