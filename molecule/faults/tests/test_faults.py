@@ -26,7 +26,7 @@ import uuid
 import pytest
 import testinfra
 
-from celery_checks import RUNNING_WITHOUT_RESTART, CeleryHost, answer_after_outage_bound, run_site, wait
+from celery_checks import RUNNING_WITHOUT_RESTART, CeleryHost, answer_after_outage_bound, docker, run_site, wait
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
 BROKER = "fl-broker"
@@ -45,10 +45,6 @@ def hosts():
     found = {name: CeleryHost(testinfra.get_host("ansible://" + name, ansible_inventory=inventory)) for name in (SYSTEMD, SUPERVISOR)}
     assert found[SYSTEMD].manager == "systemd" and found[SUPERVISOR].manager == "supervisor"
     return found
-
-
-def docker(*args, timeout=90, check=True):
-    return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=check).stdout
 
 
 def broker_up():
@@ -252,11 +248,6 @@ def test_a_task_past_the_memory_limit_loses_its_pool_process_and_the_worker_goes
     print("supervisor: pool process %d replaced by %d after holding 150 MiB; main %d kept" % (before, after, main))
 
 
-def control(celery, action, worker):
-    manager = "systemctl" if celery.manager == "systemd" else "supervisorctl"
-    return celery.sh("timeout 60 %s %s %s" % (manager, action, celery.service(worker)))
-
-
 def pong_delays(hosts, workers, timeout):
     """Seconds until each worker answered ping, None for one that did not;
     every worker is waited for at once, from the same moment."""
@@ -318,7 +309,7 @@ def outage(hosts):
     seen["before"] = main_pids(hosts)
     with broker_restored():
         for name, celery in hosts.items():
-            control(celery, "stop", "mem")
+            celery.control("stop", "mem", timeout=60)
             seen["baseline"][name] = celery.ping_seconds("default")
             seen["default_marks"][name] = log_mark(celery, "default")
         for name, celery in hosts.items():
@@ -352,7 +343,7 @@ def outage(hosts):
         for name, celery in hosts.items():
             celery.sh(celery.in_app("nohup timeout 900 .venv/bin/python -c %s >/tmp/faults-publisher.log 2>&1 &" % shlex.quote(code)))
             seen["marks"][name] = log_mark(celery, "mem")
-            control(celery, "start", "mem")
+            celery.control("start", "mem", timeout=60)
             seen["started"][name] = celery.main_pid("mem")
         started = time.monotonic()
         for name, celery in hosts.items():

@@ -18,17 +18,13 @@ import subprocess
 import time
 import uuid
 
-from celery_checks import RUNNING_WITHOUT_RESTART, answer_after_outage_bound, run_status, task_attempts, wait
+from celery_checks import RUNNING_WITHOUT_RESTART, answer_after_outage_bound, docker, run_status, task_attempts, wait
 
 testinfra_hosts = ["ansible://celery_workers"]
 
 OUTAGE = 30
 # How Celery's consumer logs the loss of its broker connection.
 DROPPED = "Connection to broker lost"
-
-
-def docker(*args, timeout=300):
-    return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
 def broker_started(broker):
@@ -43,7 +39,7 @@ def queue_depths(broker, vhost, queues):
     """Messages ready or unacknowledged in each of the queues, as RabbitMQ
     counts them: a message left unacknowledged would be delivered again."""
     out = docker("exec", broker, "rabbitmqctl", "-q", "list_queues", "-p", vhost, "--no-table-headers",
-                 "name", "messages_ready", "messages_unacknowledged")
+                 "name", "messages_ready", "messages_unacknowledged", timeout=300)
     depths = {}
     for line in out.splitlines():
         fields = line.split()
@@ -67,7 +63,7 @@ def test_the_workers_wait_out_a_broker_outage_without_a_restart_and_every_queued
          "a held task in each of the %d pool processes of %s" % (len(pool), celery.node("default")))
     queued = [celery.probe("send", "record", seq, key) for seq in range(3)]
     try:
-        docker("stop", broker)
+        docker("stop", broker, timeout=300)
         stopped_at, stopped = time.time(), time.monotonic()
         wait(lambda: DROPPED in celery.log_since("default", since, offset), 300,
              "%s to log the connection's loss" % celery.node("default"))
@@ -80,7 +76,7 @@ def test_the_workers_wait_out_a_broker_outage_without_a_restart_and_every_queued
         down = time.monotonic() - stopped
         restarted_at = time.time()
     finally:
-        docker("start", broker)
+        docker("start", broker, timeout=300)
     wait(lambda: broker_started(broker), 300, "%s to start again" % broker, interval=2)
     back = time.monotonic()
     answered = {}

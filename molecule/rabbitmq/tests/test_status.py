@@ -8,11 +8,6 @@ from celery_checks import failed_tasks, json_report, recap, run_site, run_status
 testinfra_hosts = ["ansible://celery_workers"]
 
 
-def control(celery, action, worker):
-    manager = "systemctl" if celery.manager == "systemd" else "supervisorctl"
-    return celery.sh("timeout 120 %s %s %s" % (manager, action, celery.service(worker)))
-
-
 def test_the_status_shows_every_worker_its_queues_and_the_task_it_runs_and_changes_nothing(host, celery, tmp_path):
     name = host.backend.get_hostname()
     task_id, _pool, release = celery.hold("default")
@@ -40,11 +35,11 @@ def test_the_status_shows_every_worker_its_queues_and_the_task_it_runs_and_chang
 
 def test_the_status_fails_naming_a_stopped_worker(host, celery, tmp_path):
     name = host.backend.get_hostname()
-    control(celery, "stop", "io")
+    celery.control("stop", "io")
     try:
         result, report = run_status(name, tmp_path)
     finally:
-        control(celery, "start", "io")
+        celery.control("start", "io")
         wait(lambda: celery.ping(celery.node("io")), 120, "%s to answer again" % celery.node("io"))
     assert result.returncode != 0, result.stdout[-4000:]
     expected = "%s: worker io (%s) is not running: %s says" % (name, celery.node("io"), celery.manager)

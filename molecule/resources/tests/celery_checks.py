@@ -213,6 +213,12 @@ def redelivery_window_refusals(host, timeout):
 RUNNING_WITHOUT_RESTART = (["ActiveState=active", "NRestarts=0"], ["RUNNING"])
 
 
+def docker(*args, timeout=90, check=True):
+    """A docker command on the machine that runs the scenario's containers
+    (a broker stopped and started); its output."""
+    return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=check).stdout
+
+
 def answer_after_outage_bound(ping_seconds, ping_reply=5):
     """The longest a running worker may take to answer ping after its broker
     came back: Celery's connection retries wait up to 30 s apart (kombu's
@@ -324,11 +330,10 @@ class CeleryHost:
         """A clean stop and start of the worker through its manager, timed
         until it answers ping: the baseline that the bounds of a SIGKILL's or
         a reboot's recovery are measured against, on this machine, now."""
-        manager = "systemctl" if self.manager == "systemd" else "supervisorctl"
         node = self.node(worker)
-        self.sh("timeout 120 %s stop %s" % (manager, self.service(worker)))
+        self.control("stop", worker)
         started = time.monotonic()
-        self.sh("timeout 120 %s start %s" % (manager, self.service(worker)))
+        self.control("start", worker)
         wait(lambda: self.ping(node), 300, "ping of %s after its start" % node)
         return time.monotonic() - started
 
@@ -354,6 +359,12 @@ class CeleryHost:
         if self.manager == "systemd":
             return sorted(self.sh("systemctl show -p ActiveState -p NRestarts %s" % self.service(worker)).stdout.split())
         return self.sh("supervisorctl status %s" % self.service(worker), check=False).stdout.split()[1:2]
+
+    def control(self, action, worker, timeout=120):
+        """systemctl or supervisorctl `action` (stop, start ...) of the
+        worker, given up after timeout seconds."""
+        manager = "systemctl" if self.manager == "systemd" else "supervisorctl"
+        return self.sh("timeout %d %s %s %s" % (timeout, manager, action, self.service(worker)))
 
     def restart(self, worker):
         if self.manager == "systemd":
