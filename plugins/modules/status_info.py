@@ -49,6 +49,9 @@ options:
     description: The systemd unit or supervisor program of Beat. Its state is reported, not judged - where Beat must run
       is the fleet's question.
     type: str
+  flower_service:
+    description: The systemd unit or supervisor program of Flower, reported like O(beat_service).
+    type: str
   app:
     description: The Celery app, the value of C(celery --app).
     type: str
@@ -139,6 +142,11 @@ beat:
   returned: always
   type: dict
   sample: {"service": "proj-beat.service", "state": "running", "pid": 812}
+flower:
+  description: Flower's state on this host, as O(beat_service)'s, or null without O(flower_service).
+  returned: always
+  type: dict
+  sample: {"service": "proj-flower.service", "state": "running", "pid": 905}
 workers:
   description: One entry per configured worker.
   returned: always
@@ -313,12 +321,16 @@ class StatusReader(object):
             elif worker['answers_ping'] is False:
                 problems.append('worker %s (%s) runs (pid %d) but does not answer ping within %g s'
                                 % (worker['name'], node, worker['pid'], self.params['timeout']))
-        beat = None
-        if self.params['beat_service']:
-            state, pid = self.service_state(self.params['beat_service'])
-            beat = {'service': self.params['beat_service'], 'state': state, 'pid': pid}
-        return {'hostname': self.hostname, 'manager': self.params['manager'], 'release': self.release(), 'broker': broker, 'beat': beat,
+        return {'hostname': self.hostname, 'manager': self.params['manager'], 'release': self.release(), 'broker': broker,
+                'beat': self.single_service('beat_service'), 'flower': self.single_service('flower_service'),
                 'workers': workers, 'problems': problems}
+
+    def single_service(self, param):
+        """The state of a service the fleet runs on one host (Beat, Flower), or None when not asked."""
+        if not self.params[param]:
+            return None
+        state, pid = self.service_state(self.params[param])
+        return {'service': self.params[param], 'state': state, 'pid': pid}
 
 
 def main():
@@ -327,6 +339,7 @@ def main():
             manager=dict(type='str', required=True, choices=['systemd', 'supervisor']),
             workers=dict(type='dict', required=True),
             beat_service=dict(type='str'),
+            flower_service=dict(type='str'),
             app=dict(type='str', required=True),
             chdir=dict(type='path', required=True),
             python=dict(type='path', required=True),

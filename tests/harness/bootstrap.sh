@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh Debian machine:
-# the Docker engine (started if none answers), debootstrap, and pinned Python
-# tooling in a private virtualenv. Safe to run again: each step is skipped when
-# already done.
+# the Docker engine (started if none answers), debootstrap, Chromium, and
+# pinned Python tooling in a private virtualenv. Safe to run again: each step
+# is skipped when already done.
 source "$(dirname "$0")/common.sh"
 
 apt_install() {
@@ -50,10 +50,20 @@ ensure_venv() {
   printf '%s\n' "$want" >"$stamp"
 }
 
+# Usage: bootstrap.sh [--system | --venv]: the packages and the Docker engine,
+# the virtualenv, or (by default) both.
 main() {
   [[ $(id -u) -eq 0 ]] || die "the harness manages the Docker engine and needs root"
-  apt_install debootstrap python3-venv rsync shellcheck
-  ensure_docker
-  ensure_venv
+  local part="${1:-all}"
+  if [[ "$part" == all || "$part" == --system ]]; then
+    # Chromium: the headless browser of the Flower dashboard's check (driven by
+    # Playwright from the tooling virtualenv; Playwright's own browser
+    # download is not used).
+    apt_install debootstrap python3-venv rsync shellcheck chromium fonts-dejavu-core
+    ensure_docker
+  fi
+  if [[ "$part" == all || "$part" == --venv ]]; then
+    ensure_venv
+  fi
 }
 main "$@"

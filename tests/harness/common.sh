@@ -83,8 +83,15 @@ activate_venv() {
 # and installed from its tarball, the tooling virtualenv active, and the
 # repository as the working directory.
 ready_machine() {
-  bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
+  local venv_pid venv_status=0
+  bash "${REPO_ROOT}/tests/harness/bootstrap.sh" --system
+  # The tooling virtualenv (pip) while the images build (debootstrap): on a
+  # fresh machine each takes minutes, and neither needs the other.
+  bash "${REPO_ROOT}/tests/harness/bootstrap.sh" --venv &
+  venv_pid=$!
   bash "${REPO_ROOT}/tests/harness/images.sh" "$@"
+  wait "$venv_pid" || venv_status=$?
+  ((venv_status == 0)) || die "the tooling virtualenv could not be made (bootstrap.sh --venv: exit ${venv_status})"
   bash "${REPO_ROOT}/tests/harness/install-collection.sh"
   activate_venv
   cd "${REPO_ROOT}" || exit 1

@@ -12,17 +12,17 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 ((${#@})) && SCENARIOS=("$@")
 
 # The run, in three steps:
-# 1. The release scenario's fleet converges, alone.
+# 1. The release scenario's fleet converges beside the static checks (lint,
+#    unit, spec, docs, changelog), which bound no time.
 # 2. Its switches (the overlap release and the rollback) run alone: their
 #    pause bound compares a switch with the same stream a moment before,
 #    which a neighbour whose load changes in between would blur.
 # 3. Three lanes side by side, each running its stages one after another:
-#    the static checks, the ansible-core matrix (CPU-bound while the
-#    scenarios mostly wait on their containers) and the release's other
-#    checks, which bound no time; and two lanes of scenarios. No check of
-#    those sizes itself to the machine's speed (they wait for the state they
-#    need and measure bounds against baselines taken in the same run), so
-#    they may share the machine.
+#    the ansible-core matrix (CPU-bound while the scenarios mostly wait on
+#    their containers) and the release's other checks, which bound no time;
+#    and two lanes of scenarios. No check of those sizes itself to the
+#    machine's speed (they wait for the state they need and measure bounds
+#    against baselines taken in the same run), so they may share the machine.
 LANES=("preflight default faults tls" "supervisor beat rabbitmq")
 # After the matrix and the release's other checks, in the first lane.
 AFTER_MATRIX=(pools)
@@ -91,15 +91,18 @@ release_part() {
   fi
 }
 
-# The first lane: the CPU-bound stages one after another (the static checks,
-# seconds to a minute each, then the matrix), then the release's other checks
-# and the fleet's removal, then the scenarios after the matrix.
-static_checks_matrix_and_release() {
+# The static checks, seconds to a minute each, one after another.
+static_checks() {
   stage yamllint yamllint --strict . || true
   stage ansible-lint env ANSIBLE_HOME="${CACHE_DIR}/ansible-lint-home" ansible-lint || true
   stage unit-and-spec-tests bash "${REPO_ROOT}/tests/harness/units.sh" || true
   stage docs bash "${REPO_ROOT}/tests/harness/docs.sh" || true
   stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh" || true
+}
+
+# The first lane: the matrix, then the release's other checks and the fleet's
+# removal, then the scenarios after the matrix.
+matrix_and_release() {
   stage ansible-core-matrix matrix_stage || true
   if wanted release; then
     release_part checks release_checks rest
@@ -131,13 +134,17 @@ main() {
   for scenario in "${SCENARIOS[@]}"; do
     [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
+  log "the static checks beside the release scenario's fleet"
+  static_checks &
+  pid=$!
+  wanted release && release_part fleet release_fleet
+  wait "$pid" || true
   if wanted release; then
-    log "the release scenario's fleet and switches first, alone"
-    release_part fleet release_fleet
+    log "the release scenario's switches, alone"
     release_part switches release_checks switches
   fi
-  log "three lanes side by side: [static checks, matrix, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
-  static_checks_matrix_and_release &
+  log "three lanes side by side: [matrix, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
+  matrix_and_release &
   pids+=($!)
   for entry in "${LANES[@]}"; do
     # shellcheck disable=SC2086

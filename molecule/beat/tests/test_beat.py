@@ -15,6 +15,7 @@ import yaml
 
 from celery_checks import (CeleryHost, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
                            run_site, while_held)
+from flower_checks import PASSWORD as FLOWER_PASSWORD, USER as FLOWER_USER, Flower, assert_flower_shows_the_fleet
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
 INTERVAL = 2.0
@@ -108,6 +109,9 @@ def test_beat_runs_on_the_first_host_only():
     # shelve adds the extension of the dbm module at hand (.db, .dat ...).
     owners = first.sh("stat -c %U /var/lib/testapp/celerybeat-schedule*").stdout.split()
     assert owners and set(owners) == {"testapp"}, owners
+    # Flower runs beside Beat, its default host.
+    assert first.host.service("testapp-flower.service").is_running
+    assert not celery_host(SECOND, "systemd").host.file("/etc/systemd/system/testapp-flower.service").exists
 
 
 def test_beat_fires_one_task_per_interval():
@@ -128,6 +132,9 @@ def test_moving_the_beat_host_moves_beat_without_two_at_once():
     assert beat_hosts("systemd") == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
     assert_one_tick_per_interval(celery_host(SECOND, "systemd"))
+    # Flower moved with Beat.
+    assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-flower.service").exists
+    assert celery_host(SECOND, "systemd").host.service("testapp-flower.service").is_running
 
 
 def worker_main_processes(celery):
@@ -174,6 +181,24 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
         assert "WorkerLostError" not in log
     assert beat_hosts(new) == [SECOND]
     assert_one_tick_per_interval(celery_host(SECOND, new))
+    assert_flower_serves_under(new)
+
+
+def assert_flower_serves_under(manager):
+    """Flower runs on the Beat host under manager, its password nowhere but
+    in its env file, and shows both hosts' workers and tasks."""
+    second = celery_host(SECOND, manager)
+    if manager == "supervisor":
+        assert "RUNNING" in second.sh("supervisorctl status testapp-flower", check=False).stdout
+        conf = second.sh("cat /etc/supervisor/conf.d/testapp-flower.conf").stdout
+        assert "envexec" in conf and FLOWER_PASSWORD not in conf, conf
+    else:
+        assert second.host.service("testapp-flower.service").is_running
+    assert FLOWER_PASSWORD not in second.sh("ps -eo user,args").stdout
+    flower = Flower(SECOND)
+    assert flower.get("/api/workers", auth=None).status_code == 401
+    assert flower.get("/api/workers", auth=(FLOWER_USER, FLOWER_PASSWORD)).status_code == 200
+    assert_flower_shows_the_fleet(flower, celery_host(FIRST, manager), {"default@" + FIRST, "default@" + SECOND})
 
 
 def assert_failed_with(result, words, hosts_failed=(FIRST, SECOND)):
@@ -241,18 +266,27 @@ def test_a_host_of_the_group_outside_the_play_that_still_runs_beat_stops_the_pla
 
 
 def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
-    # A site run with --diff that really changes the env file on every host:
-    # a new secret in celery_env, then the same run without it.
-    env = celery_host(FIRST, "systemd").host.ansible.get_variables()["celery_env"]
+    # A site run with --diff that really changes the env file on every host
+    # and Flower's: a new secret in celery_env and a new Flower password, then
+    # the same run without them.
+    variables = celery_host(FIRST, "systemd").host.ansible.get_variables()
+    env, users = variables["celery_env"], variables["celery_flower_basic_auth"]
     secret = "s3cr3t-diff-%s" % uuid.uuid4().hex[:12]
-    for extra in ({"TESTAPP_DIFF_SECRET": secret}, {}):
-        result = run_site({"celery_beat_host": SECOND, "celery_env": dict(env, **extra)}, diff=True)
+    flower_secret = "fl0wer-diff-%s" % uuid.uuid4().hex[:12]
+    for extra, flower_users in (({"TESTAPP_DIFF_SECRET": secret}, [dict(users[0], password=flower_secret)]), ({}, users)):
+        result = run_site({"celery_beat_host": SECOND, "celery_env": dict(env, **extra),
+                           "celery_flower_basic_auth": flower_users}, diff=True)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-5000:]
         # Without a change there would be nothing to show, and nothing to check.
         assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, output[-5000:]
+        assert changed_hosts(output, "celeryops.celery.flower : Write Flower's environment file") == {SECOND}, output[-5000:]
         for name in (FIRST, SECOND):
             in_file = celery_host(name, "systemd").sh("grep -c %s /etc/testapp/celery.env || true" % secret).stdout.strip()
             assert in_file == ("1" if extra else "0"), "%s: the env file does not hold the change" % name
-        for value in (secret, env["TESTAPP_SECRET"]):
+        # Flower was restarted with its new users.
+        flower = Flower(SECOND)
+        CeleryHost.wait_for(flower.answers, 60, "Flower to answer after its restart")
+        assert flower.get("/api/workers", auth=(FLOWER_USER, flower_users[0]["password"])).status_code == 200
+        for value in (secret, env["TESTAPP_SECRET"], flower_secret, users[0]["password"]):
             assert value not in output, "a secret value is in the output of a site run with --diff:\n%s" % output[-5000:]

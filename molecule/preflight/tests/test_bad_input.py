@@ -31,6 +31,8 @@ IGNORED = ("/var/lib/systemd", "/var/log/journal", "/var/lib/apt", "/var/lib/dpk
 CONTROLLER_FILE = os.path.join(os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."), "galaxy.yml")
 # An existing user with UID 0 under another name; prepare.yml makes it.
 UID0_USER = "toor"
+# Flower turned on with a user, for the cases of one bad Flower setting each.
+FLOWER = {"celery_flower_enabled": True, "celery_flower_basic_auth": [{"username": "ops", "password": "pass-word"}]}
 
 CASES = {
     "unknown process manager": (
@@ -147,6 +149,30 @@ CASES = {
     "broker CA bundle missing on the controller": (
         {"celery_broker_url": "amqps://broker:5671/", "celery_broker_tls_ca_file": "/nonexistent/broker-ca.pem"},
         ["celery_broker_tls_ca_file '/nonexistent/broker-ca.pem' is not a file on the controller"]),
+    "Flower without a user": (
+        {"celery_flower_enabled": True},
+        ["celery_flower_basic_auth must list at least one user", "basic authentication"]),
+    "Flower user without a password": (
+        dict(FLOWER, celery_flower_basic_auth=[{"username": "ops"}]),
+        ["celery_flower_basic_auth must list at least one user as a dict with the keys username and password"]),
+    "Flower port out of range": (
+        dict(FLOWER, celery_flower_port=70000),
+        ["celery_flower_port a port number from 1 to 65535, got '70000'"]),
+    "Flower address that is a host name": (
+        dict(FLOWER, celery_flower_address="localhost"),
+        ["celery_flower_address must be an IP address", "got 'localhost'"]),
+    "Flower URL prefix with a blank": (
+        dict(FLOWER, celery_flower_url_prefix="ops flower"),
+        ["celery_flower_url_prefix empty or a URL path", "got 'ops flower'"]),
+    "Flower as root": (
+        dict(FLOWER, celery_flower_user="root"),
+        ["celery_flower_user must be a user name other than root"]),
+    "Flower on a host outside the inventory": (
+        dict(FLOWER, celery_flower_hosts=["nosuchhost"]),
+        ["celery_flower_hosts must be a non-empty list of inventory host names", "nosuchhost not in the inventory"]),
+    "Flower on a TLS broker": (
+        dict(FLOWER, celery_broker_url="rediss://broker:6379/0"),
+        ["Flower does not yet run on a TLS broker (rediss://)", "celery_flower_enabled"]),
 }
 
 

@@ -20,7 +20,7 @@ from ansible_collections.celeryops.celery.plugins.modules import status_info as 
 
 HOST = 'web1'
 PARAMS = {'manager': 'systemd', 'workers': {'default': 'proj-worker-default.service', 'io': 'proj-worker-io.service'},
-          'beat_service': 'proj-beat.service', 'app': 'proj', 'chdir': '/srv/proj/current',
+          'beat_service': 'proj-beat.service', 'flower_service': 'proj-flower.service', 'app': 'proj', 'chdir': '/srv/proj/current',
           'python': '/srv/proj/current/.venv/bin/python', 'env_file': '/etc/proj/celery.env', 'user': 'proj',
           'broker_use_ssl': None, 'timeout': 5.0}
 ALL_UP = {'url': 'amqp://proj:**@broker:5672/proj', 'ping': ['default@web1', 'io@web1'],
@@ -77,6 +77,8 @@ def test_every_worker_up_is_reported_with_what_the_broker_says():
                        'active': ALL_UP['active']['default@web1'], 'reserved': []}
     assert io['queues'] == ['io', 'io.low'] and io['reserved'] == [{'id': 't2', 'name': 'proj.tasks.fetch'}]
     assert status['beat'] == {'service': 'proj-beat.service', 'state': 'running', 'pid': 103}
+    # Flower is not running on this host: reported, not a problem of the host.
+    assert status['flower'] == {'service': 'proj-flower.service', 'state': 'inactive dead', 'pid': 0}
 
 
 def test_a_stopped_worker_is_a_problem_that_names_it():
