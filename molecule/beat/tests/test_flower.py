@@ -2,7 +2,8 @@
 hosts and the tasks they ran, counts them in its Prometheus metrics, shows
 them to a browser under the reverse proxy's path, keeps its password out of
 everything but its env file, and goes on through a broker outage and a
-restart of the workers; and the status playbook says where it runs.
+restart of the workers; the status playbook says where it runs, and a site
+run leaves a hand-made unit of Flower's name on another host alone.
 
 Runs after test_beat.py, which leaves Beat, and so Flower, on the second
 host under systemd (the manager switches there check Flower under both
@@ -160,3 +161,25 @@ def test_the_status_shows_where_flower_runs(tmp_path, where):
     lines = [line.strip(' "') for line in result.stdout.splitlines()]
     assert any(line.startswith(here + "  ") and "Flower runs here" in line for line in lines), result.stdout[-3000:]
     assert any(line.startswith(other + "  ") and "Flower not here" in line for line in lines), result.stdout[-3000:]
+
+
+HAND_MADE = "[Unit]\nDescription=A Flower set up by hand\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n"
+
+
+def test_a_hand_made_unit_of_the_same_name_elsewhere_is_left_alone(where):
+    # A host that must not run Flower, with a unit of Flower's name that this
+    # collection did not write (a Flower set up before): a site run leaves it.
+    here, other = where
+    celery = celery_host(other, "systemd")
+    unit = "/etc/systemd/system/testapp-flower.service"
+    celery.sh("printf %%s %s > %s && systemctl daemon-reload && systemctl enable --now testapp-flower.service"
+              % (shlex.quote(HAND_MADE), unit))
+    try:
+        result = run_site({"celery_beat_host": here})
+        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+        assert celery.host.file(unit).content_string == HAND_MADE
+        assert celery.host.service("testapp-flower.service").is_running
+        # Flower itself still runs where it belongs.
+        assert flower_main_pid(celery_host(here, "systemd"))
+    finally:
+        celery.sh("systemctl disable --now testapp-flower.service; rm -f %s; systemctl daemon-reload" % unit)
