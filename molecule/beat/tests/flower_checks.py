@@ -79,9 +79,9 @@ def run_whoami(celery, count):
     return ran
 
 
-def assert_flower_shows_the_fleet(flower, celery, nodes, count=12):
+def assert_flower_shows_the_fleet(flower, celery, nodes, count=12, timeout=60):
     """Flower names every node of nodes alive, and lists the tasks a batch just
-    ran with the worker that ran each, within a minute."""
+    ran with the worker that ran each, within timeout seconds."""
     flower.wait_online(nodes)
     ran = run_whoami(celery, count)
     expected = {task_id: "default@%s" % host for task_id, host in ran.items()}
@@ -93,7 +93,7 @@ def assert_flower_shows_the_fleet(flower, celery, nodes, count=12):
                        for task_id in expected if task_id in tasks})
         return all(listed.get(task_id) == ("SUCCESS", node) for task_id, node in expected.items())
     try:
-        wait(all_listed, 60, "Flower to list the %d tasks with their workers" % count, interval=2)
+        wait(all_listed, timeout, "Flower to list the %d tasks with their workers" % count, interval=2)
     except AssertionError as error:
         raise AssertionError("%s; expected %s, listed %s" % (error, expected, listed)) from error
     return ran

@@ -146,7 +146,10 @@ def test_flower_goes_on_through_a_broker_outage_and_a_restart_of_the_workers(flo
     # they run now.
     assert flower_main_pid(second) == pid
     assert "NRestarts=0" in second.sh("systemctl show -p NRestarts testapp-flower.service").stdout
-    assert_flower_shows_the_fleet(flower, celery_host(FIRST, "systemd"), NODES)
+    # Once in four runs here, the tasks of the worker on Flower's own host were
+    # not listed within 60 s of this restart (the other worker's were): the
+    # cause is not known yet, so the wait is longer here, not the claim.
+    assert_flower_shows_the_fleet(flower, celery_host(FIRST, "systemd"), NODES, timeout=180)
 
 
 def test_the_status_shows_where_flower_runs(tmp_path, where):
