@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 
-from celery_checks import RUNNING_WITHOUT_RESTART, answer_after_outage_bound, docker, run_status, task_attempts, wait
+from celery_checks import RUNNING_WITHOUT_RESTART, TIMED_INTERVAL, answer_after_outage_bound, docker, run_status, task_attempts, wait
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -81,7 +81,8 @@ def test_the_workers_wait_out_a_broker_outage_without_a_restart_and_every_queued
     back = time.monotonic()
     answered = {}
     for worker in celery.workers:
-        wait(lambda worker=worker: celery.ping(celery.node(worker)), 300, "%s to answer after the outage" % celery.node(worker))
+        wait(lambda worker=worker: celery.ping(celery.node(worker)), 300, "%s to answer after the outage" % celery.node(worker),
+             TIMED_INTERVAL)
         answered[worker] = round(time.monotonic() - back, 1)
     bound = answer_after_outage_bound(baseline)
     after_return = [celery.probe("send", "record", 200, key),

@@ -265,6 +265,28 @@ class Stream:
     def versions(self):
         return sorted({r["version"] for r in self.records})
 
+    def assert_nothing_lost_and_nothing_run_twice_but_at_a_stop(self):
+        """No task lost. A task runs twice only the way Celery's acks_late
+        allows at a warm shutdown (celery/celery#3796, #3802): its first run
+        ended on a worker process the switch stopped, in the instant of its
+        shutdown, when the acknowledgement was still queued and the broker
+        delivered the task again. So each task runs at most twice, its first
+        run's process is gone, and there are no more such tasks than hosts
+        (one a host was seen at most: once in the runs here)."""
+        assert self.lost() == [], self.summary()
+        runs = {}
+        for record in self.records:
+            runs.setdefault(record["seq"], []).append(record)
+        twice = {seq: sorted(found, key=lambda r: r["at"]) for seq, found in runs.items() if len(found) > 1}
+        assert len(twice) <= len(self.hosts), ("more tasks ran twice than hosts switched", twice, self.summary())
+        for seq, found in twice.items():
+            first = found[0]
+            assert len(found) == 2, ("task %d ran %d times" % (seq, len(found)), found)
+            alive = sh(first["hostname"], "kill -0 %d" % first["pid"], check=False).returncode == 0
+            assert not alive, ("task %d ran twice, its first run on a process that still runs" % seq, found)
+        if twice:
+            print("ran twice, the first run on a worker stopped in the switch: %s" % json.dumps(twice))
+
     def summary(self):
         return {"published": self.published, "executed": len(self.records), "lost": len(self.lost()),
                 "duplicated": len(self.duplicated()),

@@ -108,14 +108,29 @@ def changed_hosts(output, task):
     return hosts
 
 
-def wait(predicate, timeout, what, interval=0.5):
-    """Polls predicate until it returns something true; fails after timeout."""
-    deadline = time.monotonic() + timeout
+# A timed wait polls every TIMED_INTERVAL seconds. An untimed one starts
+# there and polls less often the longer it waits, up to every
+# SLOWEST_INTERVAL seconds: most predicates start a Celery command-line
+# client (about 0.5 s of CPU), and a minute of waiting at a fixed half-second
+# would spend a CPU's third on polling alone, taken from the checks that run
+# beside it.
+TIMED_INTERVAL, SLOWEST_INTERVAL = 0.5, 3.0
+
+
+def wait(predicate, timeout, what, interval=None):
+    """Polls predicate until it returns something true; fails after timeout.
+    A check that measures how long the wait took passes interval
+    (TIMED_INTERVAL), so that the measure is as precise as that."""
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(interval)
+        if interval is not None:
+            time.sleep(interval)
+        else:
+            time.sleep(min(SLOWEST_INTERVAL, TIMED_INTERVAL + (time.monotonic() - started) / 15))
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
@@ -180,7 +195,7 @@ def outlive_the_redelivery_timeout(celery, start_worker, queue, timeout=900):
         celery.sh("kill -TERM %s" % pid)
         started = time.monotonic()
         celery.wait_for(lambda: any(t["id"] == task_id for t in celery.active(celery.node(other))), timeout,
-                        "the broker to give the task held by the draining worker to the other one")
+                        "the broker to give the task held by the draining worker to the other one", TIMED_INTERVAL)
         seconds = time.monotonic() - started
         celery.release(release)
         celery.wait_for(lambda: "hold[%s] succeeded" % task_id in celery.sh("cat /tmp/%s.log" % other).stdout, 60,
@@ -275,7 +290,7 @@ class CeleryHost:
         def answered():
             started = time.monotonic()
             return self.ping(self.node(worker)) and time.monotonic() - started
-        return wait(answered, 180, "%s to answer ping" % self.node(worker))
+        return wait(answered, 180, "%s to answer ping" % self.node(worker), TIMED_INTERVAL)
 
     def active(self, node):
         cmd = self.sh(self.in_app(".venv/bin/celery -A celery_testapp inspect active -d %s --timeout 5 --json" % node), check=False)
@@ -284,7 +299,7 @@ class CeleryHost:
         return json.loads(cmd.stdout.strip().splitlines()[-1]).get(node, [])
 
     @staticmethod
-    def wait_for(predicate, timeout, what, interval=0.5):
+    def wait_for(predicate, timeout, what, interval=None):
         return wait(predicate, timeout, what, interval)
 
     # -- a task held in flight (see while_held) ---------------------------
@@ -334,7 +349,7 @@ class CeleryHost:
         self.control("stop", worker)
         started = time.monotonic()
         self.control("start", worker)
-        wait(lambda: self.ping(node), 300, "ping of %s after its start" % node)
+        wait(lambda: self.ping(node), 300, "ping of %s after its start" % node, TIMED_INTERVAL)
         return time.monotonic() - started
 
     # -- the process manager --------------------------------------------

@@ -1,7 +1,7 @@
 """What a user of the collection sees on every provisioned worker host."""
 import time
 
-from celery_checks import assert_held_task_ran_once, while_held
+from celery_checks import TIMED_INTERVAL, assert_held_task_ran_once, while_held
 
 testinfra_hosts = ["ansible://celery_workers"]
 
@@ -105,8 +105,9 @@ def test_a_worker_killed_with_sigkill_comes_back(celery):
     old_children = celery.children(old_pid)
     celery.sh("kill -KILL %d" % old_pid)
     started = time.monotonic()
-    new_pid = celery.wait_for(lambda: celery.main_pid(worker) not in (0, old_pid) and celery.main_pid(worker), 120, "a new main process")
-    assert celery.wait_for(lambda: celery.ping(node), 300, "ping after SIGKILL")
+    new_pid = celery.wait_for(lambda: celery.main_pid(worker) not in (0, old_pid) and celery.main_pid(worker), 120, "a new main process",
+                              TIMED_INTERVAL)
+    assert celery.wait_for(lambda: celery.ping(node), 300, "ping after SIGKILL", TIMED_INTERVAL)
     took = time.monotonic() - started
     # RestartSec (2 s in the scenarios; supervisor restarts at once) plus the
     # worker's start-up as just measured on this machine, with room for one
