@@ -5,7 +5,6 @@ switch of process manager keeps one set of workers and loses no task.
 The checks run in order and re-run the site playbook the way a user would."""
 import json
 import os
-import threading
 import time
 import uuid
 
@@ -13,7 +12,7 @@ import pytest
 import testinfra
 import yaml
 
-from celery_checks import (CeleryHost, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
+from celery_checks import (CeleryHost, ProcessWatch, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
                            run_site, while_held)
 from flower_checks import PASSWORD as FLOWER_PASSWORD, USER as FLOWER_USER, Flower, assert_flower_shows_the_fleet
 
@@ -61,44 +60,12 @@ def beat_hosts(manager):
     return sorted(name for name, celery in hosts(manager).items() if celery.beat_pids())
 
 
-class BeatWatch(threading.Thread):
-    """Samples every host for Beat processes while a play runs:
-    `with BeatWatch(manager) as watch: <play>`, then watch.assert_sampled()
-    before trusting watch.overlaps (a watcher that died or never saw Beat
-    would report no overlap)."""
-
-    def __init__(self, manager):
-        super().__init__(daemon=True)
-        self.manager, self.stop, self.samples, self.overlaps = manager, threading.Event(), 0, []
-        self.seen, self.error, self.alive_at_end = 0, None, False
-
-    def run(self):
-        try:
-            watched = hosts(self.manager)
-            while not self.stop.is_set():
-                running = sorted(name for name, celery in watched.items() if celery.beat_pids())
-                self.samples += 1
-                self.seen += bool(running)
-                if len(running) > 1:
-                    self.overlaps.append(running)
-                time.sleep(0.3)
-        except Exception as error:  # pylint: disable=broad-except  # reported by assert_sampled
-            self.error = error
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.alive_at_end = self.is_alive()
-        self.stop.set()
-        self.join()
-
-    def assert_sampled(self):
-        assert self.error is None, "the Beat watcher failed: %r" % self.error
-        assert self.alive_at_end, "the Beat watcher stopped before the play ended"
-        assert self.samples > 10, "the Beat watcher sampled only %d times" % self.samples
-        assert self.seen > 0, "the Beat watcher never saw Beat run (%d samples): it could not see two" % self.samples
+def beat_watch():
+    """Samples both hosts for Beat processes while a play runs:
+    `with beat_watch() as watch: <play>`, then watch.assert_sampled() before
+    trusting watch.overlaps() (a watch that missed part of the play or never
+    saw Beat would report no overlap)."""
+    return ProcessWatch((FIRST, SECOND), "testapp", " beat ")
 
 
 def test_beat_runs_on_the_first_host_only():
@@ -125,10 +92,10 @@ def test_beat_unit_is_sandboxed_like_the_workers():
 
 
 def test_moving_the_beat_host_moves_beat_without_two_at_once():
-    with BeatWatch("systemd") as watch:
+    with beat_watch() as watch:
         converge(celery_beat_host=SECOND)
     watch.assert_sampled()
-    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    assert watch.overlaps() == [], "Beat ran on two hosts at once: %s" % watch.overlaps()[:3]
     assert beat_hosts("systemd") == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
     assert_one_tick_per_interval(celery_host(SECOND, "systemd"))
@@ -158,13 +125,13 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
         120, "the held task to start")
     holder = celery_host(runner, old)
     since, offset = int(holder.sh("date +%s").stdout), holder.log_size("default")
-    with BeatWatch(new) as watch:
+    with beat_watch() as watch:
         while_held(lambda: converge(celery_beat_host=SECOND, celery_process_manager=new),
                    lambda: "Warm shutdown" in holder.log_since("default", since, offset=offset),
                    lambda: holder.release(release), "the old worker on %s to begin its warm shutdown" % runner)
     holder.sh("rm -f %s" % release)
     watch.assert_sampled()
-    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    assert watch.overlaps() == [], "Beat ran on two hosts at once: %s" % watch.overlaps()[:3]
     assert_held_task_ran_once(first.probe("wait", task_id, "--timeout", "120"))
 
     for name, celery in hosts(new).items():
@@ -250,13 +217,13 @@ def test_a_host_of_the_group_outside_the_play_that_still_runs_beat_stops_the_pla
     first, second = celery_host(FIRST, "systemd"), celery_host(SECOND, "systemd")
     assert beat_hosts("systemd") == [SECOND], "the setup of this check is wrong: Beat is not on %s alone" % SECOND
     assert second.host.service("testapp-beat.service").is_running
-    with BeatWatch("systemd") as watch:
+    with beat_watch() as watch:
         result = run_site({"celery_beat_host": FIRST}, limit=FIRST, callback="ansible.builtin.json")
     watch.assert_sampled()
     assert result.returncode != 0, "the play limited to %s succeeded while Beat runs on %s" % (FIRST, SECOND)
     failures = assert_failed_with(result, ["Beat still runs on %s, outside this play" % SECOND, "--limit"], hosts_failed=(FIRST,))
     assert {host for _task, host, _msg in failures} == {FIRST}, failures
-    assert watch.overlaps == [], "Beat ran on two hosts at once: %s" % watch.overlaps[:3]
+    assert watch.overlaps() == [], "Beat ran on two hosts at once: %s" % watch.overlaps()[:3]
     assert beat_hosts("systemd") == [SECOND]
     assert not first.host.file("/etc/systemd/system/testapp-beat.service").exists
     # The Beat outside the play goes on: a tick is executed after the play.

@@ -7,10 +7,9 @@ import shlex
 import shutil
 import subprocess
 import tarfile
-import threading
 import time
 
-from celery_checks import run_site
+from celery_checks import ProcessWatch, run_site
 
 APP = "testapp"
 HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]
@@ -188,8 +187,8 @@ class Stream:
                                    "first_seq": number * self.SEQ_RANGE,
                                    "interval": interval * len(hosts) / len(served)})
         self.stop_file = "/tmp/stream.stop"
-        self.beat_samples = []
-        self._sampling = False
+        # Beat processes on every host of the fleet, through the stream.
+        self.beat = ProcessWatch(HOSTS, APP, " beat ")
 
     def __enter__(self):
         probe(self.producers[0]["host"], "clear-records")
@@ -200,23 +199,15 @@ class Stream:
             subprocess.run(["docker", "exec", "-d", producer["host"], "sh", "-c", in_release(
                 "v1", "-m celery_testapp.probe stream %s --interval %s --first-seq %d --stop-file %s > /tmp/stream.out 2>&1"
                 % (queues, producer["interval"], producer["first_seq"], self.stop_file))], check=True)
-        self._sampling = True
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
+        self.beat.__enter__()
         time.sleep(3)
         return self
-
-    def _sample(self):
-        while self._sampling:
-            self.beat_samples.append(sum(beat_count(h) for h in HOSTS))
-            time.sleep(0.5)
 
     def __exit__(self, *exc):
         time.sleep(3)
         for producer in self.producers:
             sh(producer["host"], "touch %s" % self.stop_file)
-        self._sampling = False
-        self._sampler.join(10)
+        self.beat.__exit__(*exc)
         for producer in self.producers:
             host = producer["host"]
             deadline = time.monotonic() + 30
@@ -292,4 +283,4 @@ class Stream:
                 "duplicated": len(self.duplicated()),
                 "longest_pause": round(self.longest_pause(), 3),
                 "longest_pause_per_host": {h: round(self.longest_pause(h), 3) for h in self.hosts},
-                "beat_processes_seen": sorted(set(self.beat_samples))}
+                "beat_processes_seen": self.beat.counts_seen(), "beat_overlaps": self.beat.overlaps()[:3]}

@@ -143,7 +143,7 @@ def while_held(action, begun, release, what, timeout=3600):
     release() creates the release file. Returns what action() returned."""
     with concurrent.futures.ThreadPoolExecutor(1) as background:
         running = background.submit(action)
-        wait(lambda: running.done() or begun(), timeout, what, interval=1)
+        wait(lambda: running.done() or begun(), timeout, what)
         assert not running.done(), "it ended before %s: %s" % (what, _tail(running.result()))
         time.sleep(2)
         assert not running.done(), "it did not wait for the task in flight: %s" % (_tail(running.result()),)
@@ -234,6 +234,95 @@ def docker(*args, timeout=90, check=True):
     return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=check).stdout
 
 
+class ProcessWatch:
+    """Counts the app's processes whose command line matches `pattern` on each
+    host while a block runs, from a loop inside each container that samples
+    every `interval` seconds and writes down when (the containers share the
+    machine's clock). A docker exec costs about 0.09 s of CPU here, a pgrep in
+    the container a few milliseconds: sampling from outside, as often, would
+    take a third of a CPU from the checks beside it.
+
+        with ProcessWatch(hosts, user, " beat ") as watch:
+            <play>
+        watch.assert_sampled(); watch.overlaps() == []"""
+
+    def __init__(self, hosts, user, pattern, interval=0.2):
+        self.hosts, self.user, self.pattern, self.interval = list(hosts), user, pattern, interval
+        self.path = "/tmp/celeryops-watch-%s" % uuid.uuid4().hex[:12]
+        self.samples, self.started, self.ended = {}, None, None
+
+    def __enter__(self):
+        # The loop removes the stop file as it ends: then its samples are complete.
+        loop = ("while [ ! -e {p}.stop ]; do echo \"$(date +%s.%N) $(pgrep -c -u {user} -f -- {pattern})\"; sleep {i}; done"
+                " > {p}.samples; rm -f {p}.stop").format(p=self.path, user=self.user, pattern=shlex.quote(self.pattern),
+                                                         i=self.interval)
+        for host in self.hosts:
+            docker("exec", "-d", host, "sh", "-c", loop)
+        for host in self.hosts:
+            wait(lambda host=host: docker("exec", host, "cat", self.path + ".samples", check=False).strip(), 30,
+                 "the process watch on %s to take its first sample" % host)
+        self.started = time.time()
+        return self
+
+    def _last_sample(self, host):
+        last = docker("exec", host, "tail", "-n", "1", self.path + ".samples", check=False).split()
+        return float(last[0]) if len(last) == 2 else 0.0
+
+    def __exit__(self, *exc):
+        self.ended = time.time()
+        for host in self.hosts:
+            wait(lambda host=host: self._last_sample(host) > self.ended, 60,
+                 "the process watch on %s to sample after the block" % host)
+        for host in self.hosts:
+            docker("exec", host, "touch", self.path + ".stop")
+        for host in self.hosts:
+            wait(lambda host=host: docker("exec", host, "sh", "-c", "test ! -e %s.stop && echo ended" % self.path, check=False).strip(),
+                 60, "the process watch on %s to end" % host)
+            out = docker("exec", host, "sh", "-c", "cat {p}.samples && rm -f {p}.samples".format(p=self.path))
+            self.samples[host] = [(float(when), int(count)) for when, count in (line.split() for line in out.splitlines())]
+        return False
+
+    def spans(self, host):
+        """The stretches in which the host ran at least one: (first, last) sample time."""
+        found, start, last = [], None, None
+        for when, count in self.samples.get(host, []):
+            if count and start is None:
+                start = when
+            if not count and start is not None:
+                found.append((start, last))
+                start = None
+            last = when
+        if start is not None:
+            found.append((start, last))
+        return found
+
+    def overlaps(self):
+        """Two hosts sampled running one at the same time, or one host two at once."""
+        found = [(host, when, count) for host in self.hosts for when, count in self.samples.get(host, []) if count > 1]
+        for number, one in enumerate(self.hosts):
+            for other in self.hosts[number + 1:]:
+                found += [(one, a, other, b) for a in self.spans(one) for b in self.spans(other) if a[0] <= b[1] and b[0] <= a[1]]
+        return found
+
+    def counts_seen(self):
+        """Every count a host's samples showed (0 while it ran none)."""
+        return sorted({count for host in self.hosts for _when, count in self.samples.get(host, [])})
+
+    def assert_sampled(self):
+        """The watch covered the whole block, often enough, and saw what it
+        watches run at least once: else it could not have seen two."""
+        for host in self.hosts:
+            times = [when for when, _count in self.samples[host]]
+            assert len(times) > 10, "the process watch on %s sampled only %d times" % (host, len(times))
+            assert times[0] <= self.started and times[-1] >= self.ended, (
+                "the process watch on %s did not cover the block: samples %.1f..%.1f, block %.1f..%.1f"
+                % (host, times[0], times[-1], self.started, self.ended))
+            gaps = max(b - a for a, b in zip(times, times[1:]))
+            assert gaps < 5, "the process watch on %s missed %.1fs" % (host, gaps)
+        assert any(count for host in self.hosts for _when, count in self.samples[host]), (
+            "the process watch never saw %r run: it could not see two" % self.pattern)
+
+
 def answer_after_outage_bound(ping_seconds, ping_reply=5):
     """The longest a running worker may take to answer ping after its broker
     came back: Celery's connection retries wait up to 30 s apart (kombu's
@@ -303,15 +392,17 @@ class CeleryHost:
         return wait(predicate, timeout, what, interval)
 
     # -- a task held in flight (see while_held) ---------------------------
-    def hold(self, worker, timeout=120, queue=None, green=False):
-        """Sends hold() to this host (to `queue`, else the default queue) and
-        waits until the worker runs it. Returns (task id, the processes that
-        may run it at that moment: the pool processes, or the main process of
-        a green pool, the file that releases it)."""
+    def hold(self, worker, timeout=120, queue=None, green=False, time_limit=None):
+        """Sends hold() to this host (to `queue`, else the default queue; with
+        its own hard `time_limit`, over the worker's) and waits until the
+        worker runs it. Returns (task id, the processes that may run it at
+        that moment: the pool processes, or the main process of a green pool,
+        the file that releases it)."""
         node = self.node(worker)
         wait(lambda: self.ping(node), 60, "ping of %s" % node)
         release = "/var/lib/%s/release-%s" % (self.app, uuid.uuid4().hex)
-        task_id = self.probe("send", "hold", release, *(["--queue", queue] if queue else []))
+        task_id = self.probe("send", "hold", release, *(["--queue", queue] if queue else []),
+                             *(["--time-limit", time_limit] if time_limit else []))
         wait(lambda: any(t["id"] == task_id for t in self.active(node)), timeout, "the held task to start on %s" % node)
         if green:
             # gevent and eventlet run every task in the worker's own process.
@@ -320,7 +411,7 @@ class CeleryHost:
         assert pool, "no pool process under %s" % self.main_pid(worker)
         return task_id, pool, release
 
-    def restart_while_held(self, worker, queue=None, green=False):
+    def restart_while_held(self, worker, queue=None, green=False, time_limit=None):
         """Restarts the worker through its manager while a held task runs on
         it, released only once the warm shutdown has begun and the restart
         still waits (see while_held): however slow the machine, the task is in
@@ -329,7 +420,7 @@ class CeleryHost:
         since the hold."""
         since = int(self.sh("date +%s").stdout)
         log_offset = self.log_size(worker)
-        task_id, pool, release = self.hold(worker, queue=queue, green=green)
+        task_id, pool, release = self.hold(worker, queue=queue, green=green, time_limit=time_limit)
         old_pid = self.main_pid(worker)
         while_held(lambda: self.restart(worker),
                    lambda: "Warm shutdown" in self.log_since(worker, since, offset=log_offset),

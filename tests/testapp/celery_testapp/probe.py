@@ -39,6 +39,8 @@ def main(argv=None):
         cmd.add_argument("args", nargs="*")
         cmd.add_argument("--timeout", type=float, default=60)
         cmd.add_argument("--queue", default=None)
+        cmd.add_argument("--time-limit", type=float, default=None,
+                         help="the task's own hard time limit, over the worker's")
     batch = sub.add_parser("batch", help="publish --count tasks at once; print when, and each one's state and value")
     batch.add_argument("task")
     batch.add_argument("args", nargs="*")
@@ -80,6 +82,8 @@ def main(argv=None):
         return 0
     if opts.command in ("call", "send"):
         options = {"queue": opts.queue} if opts.queue else {}
+        if opts.time_limit:
+            options["time_limit"] = opts.time_limit
         result = app.send_task("celery_testapp.app." + opts.task, args=_args(opts.args), **options)
         if opts.command == "send":
             print(result.id)
