@@ -263,7 +263,7 @@ class Stream:
         shutdown, when the acknowledgement was still queued and the broker
         delivered the task again. So each task runs at most twice, its first
         run's process is gone, and there are no more such tasks than hosts
-        (one a host was seen at most: once in the runs here)."""
+        (seen once in all the runs here)."""
         assert self.lost() == [], self.summary()
         runs = {}
         for record in self.records:
