@@ -61,6 +61,7 @@ FLAGS = (
     ("prefetch_multiplier", "--prefetch-multiplier"),
     ("time_limit", "--time-limit"),
     ("soft_time_limit", "--soft-time-limit"),
+    ("task_events", "--task-events"),
     ("loglevel", "--loglevel"),
 )
 

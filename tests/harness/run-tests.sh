@@ -23,7 +23,9 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 #    and two lanes of scenarios. No check of those sizes itself to the
 #    machine's speed (they wait for the state they need and measure bounds
 #    against baselines taken in the same run), so they may share the machine.
-LANES=("preflight default faults tls" "supervisor beat rabbitmq")
+#    Each lane starts with its longest scenario, so that the run does not end
+#    on one long scenario alone.
+LANES=("faults preflight default tls" "beat supervisor rabbitmq")
 # After the matrix and the release's other checks, in the first lane.
 AFTER_MATRIX=(pools)
 

@@ -15,7 +15,8 @@ def test_fills_in_fields_from_the_defaults():
     [worker] = worker_specs([{"name": "default"}], DEFAULTS)
     assert worker == {"name": "default", "queues": ["celery"], "concurrency": 2, "autoscale": None, "pool": "prefork",
                       "max_tasks_per_child": None, "max_memory_per_child": None, "memory_max": None,
-                      "prefetch_multiplier": None, "time_limit": None, "soft_time_limit": None, "loglevel": "INFO",
+                      "prefetch_multiplier": None, "time_limit": None, "soft_time_limit": None, "task_events": None,
+                      "loglevel": "INFO",
                       "extra_args": [],
                       "options": ["--queues=celery", "--pool=prefork", "--concurrency=2", "--loglevel=INFO"]}
 
@@ -38,6 +39,18 @@ def test_options_carry_every_field_in_command_line_order_with_extra_args_last():
                               "loglevel": "warning", "extra_args": ["-O", "fair"]}], {})
     assert worker["options"] == ["--queues=a,b", "--pool=threads", "--concurrency=16", "--max-tasks-per-child=100",
                                  "--max-memory-per-child=200000", "--loglevel=WARNING", "-O", "fair"]
+
+
+def test_task_events_reach_the_command_line_only_when_on():
+    [unset, off, on] = worker_specs([{"name": "a"}, {"name": "b", "task_events": "no"}, {"name": "c", "task_events": True}], {})
+    assert (unset["task_events"], off["task_events"], on["task_events"]) == (None, False, True)
+    assert "--task-events" not in unset["options"] + off["options"]
+    assert on["options"] == ["--queues=celery", "--pool=prefork", "--concurrency=2", "--task-events", "--loglevel=INFO"]
+    # As the app role passes it where Flower runs: a default an entry can turn off.
+    [default_on, entry_off] = worker_specs([{"name": "a"}, {"name": "b", "task_events": False}], {"task_events": True})
+    assert "--task-events" in default_on["options"] and "--task-events" not in entry_off["options"]
+    with pytest.raises(AnsibleFilterError, match=r"celery_workers\[0\]\.task_events must be true or false; got 'sometimes'"):
+        worker_specs([{"name": "a", "task_events": "sometimes"}], {})
 
 
 def test_prefetch_multiplier_reaches_the_command_line_only_when_set():
