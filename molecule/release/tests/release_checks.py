@@ -283,4 +283,9 @@ class Stream:
                 "duplicated": len(self.duplicated()),
                 "longest_pause": round(self.longest_pause(), 3),
                 "longest_pause_per_host": {h: round(self.longest_pause(h), 3) for h in self.hosts},
-                "beat_processes_seen": self.beat.counts_seen(), "beat_overlaps": self.beat.overlaps()[:3]}
+                "beat_processes_seen": self.beat.counts_seen(), "beat_overlaps": self.beat.overlaps()[:3],
+                # Which producer's tasks a loss is of, and whether it is a
+                # producer's last: that one is published just as it exits.
+                "producers": [{"host": p["host"], "first_seq": p["first_seq"], "published": p["published"]}
+                              for p in self.producers],
+                "lost_seqs": self.lost()[:10]}
