@@ -25,7 +25,7 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 #    against baselines taken in the same run), so they may share the machine.
 #    Each lane starts with its longest scenario, so that the run does not end
 #    on one long scenario alone.
-LANES=("faults preflight default tls" "beat supervisor rabbitmq")
+LANES=("faults preflight supervisor tls" "beat default rabbitmq")
 # After the matrix and the release's other checks, in the first lane.
 AFTER_MATRIX=(pools)
 
@@ -124,8 +124,21 @@ failure_summary() {
     | cut -c1-400 | head -n 40 >&2 || true
 }
 
+# The machine's CPU time so far, in clock ticks: "busy idle" (idle counts
+# iowait). The run is CPU-bound on a small machine; the report says how much.
+cpu_ticks() {
+  awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
+}
+# How busy the CPUs were since an earlier cpu_ticks: "<phase>: N% of C CPUs".
+cpu_report() {
+  local phase="$1" before="$2" share
+  share="$(printf '%s %s\n' "${before}" "$(cpu_ticks)" \
+    | awk '{b = $3 - $1; i = $4 - $2; printf "%d%%", (b + i) ? 100 * b / (b + i) : 0}')"
+  log "${phase}: the CPUs were busy ${share} of the time ($(nproc) CPUs)"
+}
+
 main() {
-  local t0=$SECONDS pids=() pid entry scenario
+  local t0=$SECONDS pids=() pid entry scenario ticks0 ticks
   mkdir -p "${LOG_DIR}"
   rm -rf "${RESULTS_DIR}"; mkdir -p "${RESULTS_DIR}"
   ready_machine
@@ -136,15 +149,20 @@ main() {
   for scenario in "${SCENARIOS[@]}"; do
     [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
+  ticks0="$(cpu_ticks)" ticks="${ticks0}"
   log "the static checks beside the release scenario's fleet"
   static_checks &
   pid=$!
   wanted release && release_part fleet release_fleet
   wait "$pid" || true
+  cpu_report "static checks and fleet" "${ticks}"
   if wanted release; then
+    ticks="$(cpu_ticks)"
     log "the release scenario's switches, alone"
     release_part switches release_checks switches
+    cpu_report "switches" "${ticks}"
   fi
+  ticks="$(cpu_ticks)"
   log "three lanes side by side: [matrix, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
   matrix_and_release &
   pids+=($!)
@@ -154,6 +172,8 @@ main() {
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || true; done
+  cpu_report "lanes" "${ticks}"
+  cpu_report "whole run" "${ticks0}"
 
   while read -r status name; do
     if [[ "$status" == passed ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$name"); fi

@@ -12,12 +12,14 @@ import pytest
 import testinfra
 import yaml
 
-from celery_checks import (CeleryHost, ProcessWatch, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
-                           run_site, while_held)
+from celery_checks import (BEAT_PATTERN, CeleryHost, ProcessWatch, assert_held_task_ran_once, changed_hosts, failed_tasks, json_report,
+                           run_site, task_hosts, while_held)
 from flower_checks import PASSWORD as FLOWER_PASSWORD, USER as FLOWER_USER, Flower, assert_flower_shows_the_fleet
 
 FIRST, SECOND = "bt-debian-12", "bt-ubuntu-2404"
 INTERVAL = 2.0
+# roles/common/tasks/venv_prerequisites.yml: runs only when dpkg-query finds a package missing.
+APT_TASK = "celeryops.celery.common : Install what creating a virtualenv needs"
 
 
 def celery_host(name, manager):
@@ -65,7 +67,7 @@ def beat_watch():
     `with beat_watch() as watch: <play>`, then watch.assert_sampled() before
     trusting watch.overlaps() (a watch that missed part of the play or never
     saw Beat would report no overlap)."""
-    return ProcessWatch((FIRST, SECOND), "testapp", " beat ")
+    return ProcessWatch((FIRST, SECOND), "testapp", BEAT_PATTERN)
 
 
 def test_beat_runs_on_the_first_host_only():
@@ -248,6 +250,11 @@ def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
         # Without a change there would be nothing to show, and nothing to check.
         assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, output[-5000:]
         assert changed_hosts(output, "celeryops.celery.flower : Write Flower's environment file") == {SECOND}, output[-5000:]
+        # The virtualenv's system packages are there since the converge:
+        # dpkg-query says so, and the apt module does not read its cache.
+        # (The flower role runs the same task again for its own virtualenv.)
+        assert task_hosts(output, APT_TASK, "skipping") == {FIRST, SECOND}, output[-5000:]
+        assert task_hosts(output, APT_TASK, "ok") | changed_hosts(output, APT_TASK) == set(), output[-5000:]
         for name in (FIRST, SECOND):
             in_file = celery_host(name, "systemd").sh("grep -c %s /etc/testapp/celery.env || true" % secret).stdout.strip()
             assert in_file == ("1" if extra else "0"), "%s: the env file does not hold the change" % name

@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 import time
 
-from celery_checks import ProcessWatch, run_site
+from celery_checks import BEAT_PATTERN, ProcessWatch, run_site
 
 APP = "testapp"
 HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]
@@ -56,6 +56,8 @@ def active_ids(host, node, reply=5):
 
 VENV_COPY_TASK = "Copy the running release's virtualenv when the dependencies are the same"
 REQUIREMENTS_TASK = "Install the app's requirements into the virtualenv"
+# The restart strategy's stop of the workers (roles/release/tasks/restart_workers.yml).
+DRAIN_TASK = "Drain the workers (warm shutdown)"
 
 
 def task_results(report, name):
@@ -160,7 +162,7 @@ def handover_left(host):
 
 
 def beat_count(host):
-    out = sh(host, "pgrep -u %s -f -- ' beat ' || true" % APP, check=False).stdout.split()
+    out = sh(host, "pgrep -u %s -f -- %s || true" % (APP, shlex.quote(BEAT_PATTERN)), check=False).stdout.split()
     return len(out)
 
 
@@ -188,7 +190,7 @@ class Stream:
                                    "interval": interval * len(hosts) / len(served)})
         self.stop_file = "/tmp/stream.stop"
         # Beat processes on every host of the fleet, through the stream.
-        self.beat = ProcessWatch(HOSTS, APP, " beat ")
+        self.beat = ProcessWatch(HOSTS, APP, BEAT_PATTERN)
 
     def __enter__(self):
         probe(self.producers[0]["host"], "clear-records")

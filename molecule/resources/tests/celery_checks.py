@@ -99,13 +99,19 @@ def recap(output):
     return hosts
 
 
-def changed_hosts(output, task):
-    """Hosts a task reported changed on, in a default-callback run's output."""
+def task_hosts(output, task, status):
+    """Hosts a task reported `status` (changed, ok, skipping) on, in a
+    default-callback run's output."""
     hosts = set()
     for block in output.split("\nTASK [")[1:]:
         if block.startswith(task + "]"):
-            hosts.update(re.findall(r"^changed: \[([^\]]+)\]", block, re.M))
+            hosts.update(re.findall(r"^%s: \[([^\]]+)\]" % re.escape(status), block, re.M))
     return hosts
+
+
+def changed_hosts(output, task):
+    """Hosts a task reported changed on, in a default-callback run's output."""
+    return task_hosts(output, task, "changed")
 
 
 # A timed wait polls every TIMED_INTERVAL seconds. An untimed one starts
@@ -234,6 +240,11 @@ def docker(*args, timeout=90, check=True):
     return subprocess.run(["docker"] + list(args), capture_output=True, text=True, timeout=timeout, check=check).stdout
 
 
+# What a Beat process's command line holds (`celery ... beat ...`), and no
+# worker's: how every check finds Beat, whichever manager runs it.
+BEAT_PATTERN = " beat "
+
+
 class ProcessWatch:
     """Counts the app's processes whose command line matches `pattern` on each
     host while a block runs, from a loop inside each container that samples
@@ -242,7 +253,7 @@ class ProcessWatch:
     the container a few milliseconds: sampling from outside, as often, would
     take a third of a CPU from the checks beside it.
 
-        with ProcessWatch(hosts, user, " beat ") as watch:
+        with ProcessWatch(hosts, user, BEAT_PATTERN) as watch:
             <play>
         watch.assert_sampled(); watch.overlaps() == []"""
 
@@ -500,5 +511,5 @@ class CeleryHost:
     # -- Beat -------------------------------------------------------------
     def beat_pids(self):
         """PIDs of Beat processes of the app, whatever runs them."""
-        out = self.sh("pgrep -u %s -f -- ' beat ' || true" % self.user).stdout.split()
+        out = self.sh("pgrep -u %s -f -- %s || true" % (self.user, shlex.quote(BEAT_PATTERN))).stdout.split()
         return [int(p) for p in out]
