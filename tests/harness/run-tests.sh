@@ -129,7 +129,7 @@ failure_summary() {
 cpu_ticks() {
   awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
 }
-# How busy the CPUs were since an earlier cpu_ticks: "<phase>: N% of C CPUs".
+# Logs how busy the CPUs were since an earlier cpu_ticks, as a share of the time.
 cpu_report() {
   local phase="$1" before="$2" share
   share="$(printf '%s %s\n' "${before}" "$(cpu_ticks)" \
