@@ -166,6 +166,16 @@ def beat_count(host):
     return len(out)
 
 
+def worker_log_tail(host, lines=60):
+    """The last lines the host's workers logged: the journal under systemd,
+    the log directory's files under supervisor."""
+    if MANAGERS[host] == "systemd":
+        script = "journalctl -q --no-pager -o short-precise -n %d -u '%s-worker*'" % (lines, APP)
+    else:
+        script = "tail -q -n %d /var/log/%s/*worker*.log" % (lines, APP)
+    return sh(host, script, check=False).stdout
+
+
 class Stream:
     """record(seq) tasks published to the hosts' own queues, while the sampler
     counts Beat processes. A host's queue lives on its broker, so each broker
