@@ -359,6 +359,7 @@ def test_a_broken_release_goes_back_and_the_play_stops_past_max_fail_percentage(
     stops the play by itself only when all its hosts failed."""
     first, mate, last = batch_order()
     before = {host: link(host, "current") for host in HOSTS}
+    release_before = {host: path.rsplit("/", 1)[1] for host, path in before.items()}
     src = make_release(tmp_path, "7", broken_on=mate)
     # A task every 0.6 s per queue is dense enough to show a loss; the
     # switches' pause bounds need the default's density, this check does not.
@@ -369,13 +370,12 @@ def test_a_broken_release_goes_back_and_the_play_stops_past_max_fail_percentage(
     assert result.returncode != 0, result.stdout[-3000:]
     failures = failed_tasks(json_report(result))
     assert {host for _task, host, _msg in failures} == {mate}, failures
-    back_on = before[mate].rsplit("/", 1)[1]
     assert any("Release v7 failed on %s" % mate in msg and "failed to import" in msg
-               and "%s is back on release %s" % (mate, back_on) in msg for _task, _host, msg in failures), failures
+               and "%s is back on release %s" % (mate, release_before[mate]) in msg for _task, _host, msg in failures), failures
     stream.assert_nothing_lost_and_nothing_run_twice_but_at_a_stop()
     assert link(mate, "current") == before[mate], "the failed host is not back on its release"
     assert sh(mate, "test -e %s/releases/v7" % ROOT, check=False).returncode != 0, "the failed release is left"
-    assert whoami(mate)["version"] == back_on.lstrip("v")
+    assert whoami(mate)["version"] == release_before[mate].lstrip("v")
     assert link(first, "current") == "%s/releases/v7" % ROOT and whoami(first, release="v7")["version"] == "7"
     assert link(last, "current") == before[last], "the play went on to the next batch"
-    assert whoami(last)["version"] == before[last].rsplit("/v", 1)[1]
+    assert whoami(last)["version"] == release_before[last].lstrip("v")
