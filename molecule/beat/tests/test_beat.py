@@ -93,17 +93,55 @@ def test_beat_unit_is_sandboxed_like_the_workers():
     assert score <= 1.5, out
 
 
+# The secret values a site run with --diff must keep out of its output (see
+# test_secret_values_stay_out_of_a_site_runs_output_and_its_diff): a new env
+# value and a new Flower password come in with Beat's move, and go with the
+# first manager switch. Each of those runs is recorded here with what the
+# hosts' env files held after it.
+DIFF_SECRET = "s3cr3t-diff-%s" % uuid.uuid4().hex[:12]
+FLOWER_DIFF_SECRET = "fl0wer-diff-%s" % uuid.uuid4().hex[:12]
+SECRET_RUNS = {}
+
+
+def site_vars_with_secrets(new_values):
+    """celery_env and celery_flower_basic_auth: the inventory's, or with a new
+    secret env value and a new Flower password (new_values)."""
+    variables = celery_host(FIRST, "systemd").host.ansible.get_variables()
+    env, users = variables["celery_env"], variables["celery_flower_basic_auth"]
+    if new_values:
+        env, users = dict(env, TESTAPP_DIFF_SECRET=DIFF_SECRET), [dict(users[0], password=FLOWER_DIFF_SECRET)]
+    return {"celery_env": env, "celery_flower_basic_auth": users}, env["TESTAPP_SECRET"], users[0]["password"]
+
+
+def converge_recording_secrets(name, new_values, manager, **extra_vars):
+    """A site run with --diff that changes the env file on every host and
+    Flower's; records its output and the env files after it in SECRET_RUNS."""
+    secret_vars, env_secret, flower_password = site_vars_with_secrets(new_values)
+    result = run_site(dict(extra_vars, **secret_vars), diff=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    SECRET_RUNS[name] = {
+        "output": output, "adds": new_values, "flower_password": flower_password,
+        "values": (DIFF_SECRET, FLOWER_DIFF_SECRET, env_secret, flower_password),
+        "in_file": {host: celery_host(host, manager).sh("grep -c %s /etc/testapp/celery.env || true" % DIFF_SECRET).stdout.strip()
+                    for host in (FIRST, SECOND)}}
+    return result
+
+
 def test_moving_the_beat_host_moves_beat_without_two_at_once():
     with beat_watch() as watch:
-        converge(celery_beat_host=SECOND)
+        converge_recording_secrets("moving Beat, a secret added", True, "systemd", celery_beat_host=SECOND)
     watch.assert_sampled()
     assert watch.overlaps() == [], "Beat ran on two hosts at once: %s" % watch.overlaps()[:3]
     assert beat_hosts("systemd") == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
     assert_one_tick_per_interval(celery_host(SECOND, "systemd"))
-    # Flower moved with Beat.
+    # Flower moved with Beat, and answers with its new password.
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-flower.service").exists
     assert celery_host(SECOND, "systemd").host.service("testapp-flower.service").is_running
+    flower = Flower(SECOND)
+    CeleryHost.wait_for(flower.answers, 60, "Flower to answer after its move")
+    assert flower.get("/api/workers", auth=(FLOWER_USER, FLOWER_DIFF_SECRET)).status_code == 200
 
 
 def worker_main_processes(celery):
@@ -112,6 +150,14 @@ def worker_main_processes(celery):
     rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
     pids = {int(r[0]) for r in rows}
     return [int(r[0]) for r in rows if int(r[1]) not in pids]
+
+
+def switch_converge(old, new):
+    if old == "systemd":
+        # The first switch also takes back the secret values Beat's move added.
+        return converge_recording_secrets("switching to %s, the secret removed" % new, False, new,
+                                          celery_beat_host=SECOND, celery_process_manager=new)
+    return converge(celery_beat_host=SECOND, celery_process_manager=new)
 
 
 @pytest.mark.parametrize("old, new", [("systemd", "supervisor"), ("supervisor", "systemd")])
@@ -128,7 +174,7 @@ def test_switching_the_manager_keeps_one_set_of_workers_and_every_task(old, new)
     holder = celery_host(runner, old)
     since, offset = int(holder.sh("date +%s").stdout), holder.log_size("default")
     with beat_watch() as watch:
-        while_held(lambda: converge(celery_beat_host=SECOND, celery_process_manager=new),
+        while_held(lambda: switch_converge(old, new),
                    lambda: "Warm shutdown" in holder.log_since("default", since, offset=offset),
                    lambda: holder.release(release), "the old worker on %s to begin its warm shutdown" % runner)
     holder.sh("rm -f %s" % release)
@@ -185,6 +231,30 @@ def snapshot(celery):
                      "cat /etc/testapp/celery.env | md5sum").stdout
 
 
+def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
+    # Two site runs with --diff that really changed the env file on every host
+    # and Flower's: Beat's move, which added a secret env value and a new
+    # Flower password, and the first manager switch, which took them back.
+    assert sorted(SECRET_RUNS) == ["moving Beat, a secret added", "switching to supervisor, the secret removed"], \
+        "the site runs this check reads did not run (run the checks above it first): %s" % sorted(SECRET_RUNS)
+    for name, run in SECRET_RUNS.items():
+        output = run["output"]
+        # Without a change there would be nothing to show, and nothing to check.
+        assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, \
+            "%s: %s" % (name, output[-5000:])
+        assert changed_hosts(output, "celeryops.celery.flower : Write Flower's environment file") == {SECOND}, \
+            "%s: %s" % (name, output[-5000:])
+        # The virtualenv's system packages are there since the converge:
+        # dpkg-query says so, and the apt module does not read its cache.
+        # (The flower role runs the same task again for its own virtualenv.)
+        assert task_hosts(output, APT_TASK, "skipping") == {FIRST, SECOND}, "%s: %s" % (name, output[-5000:])
+        assert task_hosts(output, APT_TASK, "ok") | changed_hosts(output, APT_TASK) == set(), "%s: %s" % (name, output[-5000:])
+        assert run["in_file"] == dict.fromkeys((FIRST, SECOND), "1" if run["adds"] else "0"), \
+            "%s: the env files do not hold the change: %s" % (name, run["in_file"])
+        for value in run["values"]:
+            assert value not in output, "%s: a secret value is in the output of a site run with --diff:\n%s" % (name, output[-5000:])
+
+
 def test_a_beat_host_outside_the_play_fails_before_any_change():
     before = {name: snapshot(c) for name, c in hosts("systemd").items()}
     beat_before = {name: c.beat_pids() for name, c in hosts("systemd").items()}
@@ -232,35 +302,3 @@ def test_a_host_of_the_group_outside_the_play_that_still_runs_beat_stops_the_pla
     second.probe("clear-ticks")
     second.wait_for(lambda: second.probe("ticks"), 60, "a Beat tick after the play", interval=1)
     assert len(second.beat_pids()) == 1
-
-
-def test_secret_values_stay_out_of_a_site_runs_output_and_its_diff():
-    # A site run with --diff that really changes the env file on every host
-    # and Flower's: a new secret in celery_env and a new Flower password, then
-    # the same run without them.
-    variables = celery_host(FIRST, "systemd").host.ansible.get_variables()
-    env, users = variables["celery_env"], variables["celery_flower_basic_auth"]
-    secret = "s3cr3t-diff-%s" % uuid.uuid4().hex[:12]
-    flower_secret = "fl0wer-diff-%s" % uuid.uuid4().hex[:12]
-    for extra, flower_users in (({"TESTAPP_DIFF_SECRET": secret}, [dict(users[0], password=flower_secret)]), ({}, users)):
-        result = run_site({"celery_beat_host": SECOND, "celery_env": dict(env, **extra),
-                           "celery_flower_basic_auth": flower_users}, diff=True)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, output[-5000:]
-        # Without a change there would be nothing to show, and nothing to check.
-        assert changed_hosts(output, "celeryops.celery.env : Write the environment file") == {FIRST, SECOND}, output[-5000:]
-        assert changed_hosts(output, "celeryops.celery.flower : Write Flower's environment file") == {SECOND}, output[-5000:]
-        # The virtualenv's system packages are there since the converge:
-        # dpkg-query says so, and the apt module does not read its cache.
-        # (The flower role runs the same task again for its own virtualenv.)
-        assert task_hosts(output, APT_TASK, "skipping") == {FIRST, SECOND}, output[-5000:]
-        assert task_hosts(output, APT_TASK, "ok") | changed_hosts(output, APT_TASK) == set(), output[-5000:]
-        for name in (FIRST, SECOND):
-            in_file = celery_host(name, "systemd").sh("grep -c %s /etc/testapp/celery.env || true" % secret).stdout.strip()
-            assert in_file == ("1" if extra else "0"), "%s: the env file does not hold the change" % name
-        # Flower was restarted with its new users.
-        flower = Flower(SECOND)
-        CeleryHost.wait_for(flower.answers, 60, "Flower to answer after its restart")
-        assert flower.get("/api/workers", auth=(FLOWER_USER, flower_users[0]["password"])).status_code == 200
-        for value in (secret, env["TESTAPP_SECRET"], flower_secret, users[0]["password"]):
-            assert value not in output, "a secret value is in the output of a site run with --diff:\n%s" % output[-5000:]

@@ -160,7 +160,9 @@ def test_restart_strategy_with_cold_shutdown_loses_nothing(tmp_path):
     # any step of that end instead (its broker connection closing, say).
     long_tasks = {h: probe(h, "send", "long_once", 3600, "--queue", "host." + h) for h in HOSTS}
     running = {h: link(h, "current") for h in HOSTS}
-    with Stream() as stream:
+    # Half the switches' density (a task every 0.3 s per queue): no pause is
+    # bounded here, and each task costs CPU the checks beside this one need.
+    with Stream(interval=0.1) as stream:
         result = ok(playbook("release", callback="ansible.builtin.json", celery_release_src=src, celery_release_id="v3",
                              celery_release_strategy="restart", celery_release_serial=3, celery_release_stop_timeout=2,
                              celery_release_on_timeout="cold", celery_release_archive_extra_opts=["--strip-components=1"]))

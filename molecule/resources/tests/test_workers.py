@@ -1,6 +1,7 @@
 """What a user of the collection sees on every provisioned worker host."""
 import time
 
+import pytest
 from celery_checks import TIMED_INTERVAL, assert_held_task_ran_once, while_held
 
 testinfra_hosts = ["ansible://celery_workers"]
@@ -85,6 +86,7 @@ def test_every_worker_executes_the_tasks_of_each_of_its_queues(celery):
                 queue, result["result"]["pid"], worker, sorted(processes))
 
 
+@pytest.mark.one_host_per_manager
 def test_a_task_in_flight_survives_a_restart(celery):
     worker = celery.workers[0]
     result, pool, old_pid, log = celery.restart_while_held(worker)
@@ -97,6 +99,7 @@ def test_a_task_in_flight_survives_a_restart(celery):
     assert celery.wait_for(lambda: celery.ping(celery.node(worker)), 60, "ping after restart")
 
 
+@pytest.mark.one_host_per_manager
 def test_a_worker_killed_with_sigkill_comes_back(celery):
     worker = celery.workers[0]
     node = celery.node(worker)
