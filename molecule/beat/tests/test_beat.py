@@ -121,7 +121,7 @@ def converge_recording_secrets(name, new_values, manager, **extra_vars):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     SECRET_RUNS[name] = {
-        "output": output, "adds": new_values, "flower_password": flower_password,
+        "output": output, "adds": new_values,
         "values": (DIFF_SECRET, FLOWER_DIFF_SECRET, env_secret, flower_password),
         "in_file": {host: celery_host(host, manager).sh("grep -c %s /etc/testapp/celery.env || true" % DIFF_SECRET).stdout.strip()
                     for host in (FIRST, SECOND)}}
