@@ -5,8 +5,9 @@
 # requires, with --venv: ansible-test makes (and keeps, under
 # ~/.ansible/test/venv) its own virtualenvs, so no container image is needed.
 #
-# Every sanity test runs, its compile and import tests on each Python the line
-# supports that this machine has; so do the unit tests.
+# Every sanity test runs (but those of LINE_INDEPENDENT with --core-dependent),
+# its compile and import tests on each Python the line supports that this
+# machine has; so do the unit tests.
 #
 # Usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units]
 #   --core LINE         ansible-core line, e.g. 2.20 (default: the tooling line
