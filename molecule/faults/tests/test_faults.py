@@ -24,9 +24,8 @@ import time
 import uuid
 
 import pytest
-import testinfra
 
-from celery_checks import RUNNING_WITHOUT_RESTART, TIMED_INTERVAL, CeleryHost, answer_after_outage_bound, docker, run_site, wait
+from celery_checks import RUNNING_WITHOUT_RESTART, TIMED_INTERVAL, answer_after_outage_bound, docker, run_site, wait
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
 BROKER = "fl-broker"
@@ -39,12 +38,11 @@ DRAIN_STEP = 8
 
 
 # -- helpers ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hosts():
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    found = {name: CeleryHost(testinfra.get_host("ansible://" + name, ansible_inventory=inventory)) for name in (SYSTEMD, SUPERVISOR)}
-    assert found[SYSTEMD].manager == "systemd" and found[SUPERVISOR].manager == "supervisor"
-    return found
+@pytest.fixture(scope="module", autouse=True)
+def managers(hosts):
+    """The hosts (conftest.py) are the two this file names, one per manager."""
+    assert set(hosts) == {SYSTEMD, SUPERVISOR}
+    assert hosts[SYSTEMD].manager == "systemd" and hosts[SUPERVISOR].manager == "supervisor"
 
 
 def broker_up():
