@@ -173,6 +173,12 @@ CASES = {
     "Flower on a TLS broker": (
         dict(FLOWER, celery_broker_url="rediss://broker:6379/0"),
         ["Flower does not yet run on a TLS broker (rediss://)", "celery_flower_enabled"]),
+    "watchdog threshold under two intervals": (
+        {"celery_watchdog_enabled": True, "celery_watchdog_threshold": 15},
+        ["celery_watchdog_threshold whole seconds, at least twice celery_watchdog_interval", "got '15'"]),
+    "watchdog ping timeout as long as its interval": (
+        {"celery_watchdog_enabled": True, "celery_watchdog_ping_timeout": 10},
+        ["celery_watchdog_ping_timeout whole seconds from 1 to less than celery_watchdog_interval", "got '10'"]),
 }
 
 
