@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright (c) celeryops maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -8,9 +7,10 @@
 Runs as root beside the workers of one app, under the process manager that
 runs them, with the host's own Python (the standard library only). Every
 `interval` seconds it reads each worker's state from its manager and asks
-the workers for ping through a probe: a process that runs as the app's user,
-with the app's Python, environment and working directory, imports the app
-once and answers one request per line. The daemon never imports the app.
+the workers for ping through a probe (celery_watchdog_probe.py): a process
+that runs as the app's user, with the app's Python, environment and working
+directory, imports the app once and answers one request per line. The
+daemon never imports the app.
 
 A worker is restarted when, for `threshold` seconds in a row, its manager
 says it runs, the broker answers the probe, and the worker does not answer
@@ -53,45 +53,6 @@ ANSWERS_WHILE_BUSY = ('prefork', 'threads')
 # How Celery's worker logs the start of its warm shutdown.
 WARM_SHUTDOWN = 'Warm shutdown'
 
-# Run as the app's user with the app's Python: imports the app once, then
-# answers each request line {"nodes": [...], "timeout": s} with one line
-# {"reachable": bool, "ping": [nodes that answered], "error": str}.
-PROBE = r"""
-import json, os, sys
-
-
-def main():
-    # The answers go to a copy of stdout; whatever the app prints goes to
-    # stderr, the watchdog's log.
-    answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    from celery.app.utils import find_app
-    args = json.loads(sys.argv[1])
-    app = find_app(args["app"])
-    if args.get("broker_use_ssl"):
-        app.conf.broker_use_ssl = args["broker_use_ssl"]
-    print(json.dumps({"ready": True}), file=answers, flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        answer = {"reachable": False, "ping": [], "error": None}
-        conn = app.connection_for_write(connect_timeout=request["timeout"])
-        try:
-            conn.ensure_connection(max_retries=1, interval_start=1, interval_max=1, timeout=request["timeout"])
-            answer["reachable"] = True
-            replies = app.control.ping(destination=request["nodes"], timeout=request["timeout"], connection=conn,
-                                       limit=len(request["nodes"]))
-            answer["ping"] = sorted({node for reply in replies or [] for node in reply})
-        except Exception as exc:
-            answer["error"] = "%s: %s" % (type(exc).__name__, exc)
-        finally:
-            conn.release()
-        print(json.dumps(answer), file=answers, flush=True)
-
-
-main()
-"""
-
-
 def log(message):
     print('celery-watchdog: %s' % message, flush=True)
 
@@ -118,7 +79,7 @@ class Probe:
         args = json.dumps({'app': c['app'], 'broker_use_ssl': c.get('broker_use_ssl')})
         self.proc = self.popen(
             ['runuser', '-u', c['user'], '--', 'sh', '-c', 'set -a; . "$0"; set +a; cd "$1" && shift && exec "$@"',
-             c['env_file'], c['chdir'], c['python'], '-c', PROBE, args],
+             c['env_file'], c['chdir'], c['python'], c['probe'], args],
             # Its stderr is the daemon's: what the app logs while imported shows in the watchdog's log.
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.release = self._release()

@@ -244,14 +244,16 @@ def test_the_probe_answers_line_by_line_and_is_started_again_after_it_ends_or_th
 
     def popen(args, **kwargs):
         # As the app's user, with its environment and directory: then this stand-in instead of the app.
-        assert args[:4] == ["runuser", "-u", "proj", "--"] and args[8] == str(tmp_path / "current")
+        assert args[:4] == ["runuser", "-u", "proj", "--"] and args[8:11] == [str(tmp_path / "current"), config["python"],
+                                                                              config["probe"]]
         started.append(args)
         return subprocess.Popen([sys.executable, "-c", FAKE_PROBE], **kwargs)
     (tmp_path / "v1").mkdir()
     (tmp_path / "v2").mkdir()
     (tmp_path / "current").symlink_to(tmp_path / "v1")
     config = {"app": "proj", "user": "proj", "env_file": "/etc/proj.env", "chdir": str(tmp_path / "current"),
-              "python": "/srv/proj/.venv/bin/python", "ping_timeout": 5, "startup_timeout": 30}
+              "python": "/srv/proj/.venv/bin/python", "probe": "/usr/local/libexec/celeryops/celery-watchdog-probe",
+              "ping_timeout": 5, "startup_timeout": 30}
     probe = celery_watchdog.Probe(config, popen=popen)
     assert probe.ask(["default@web1"])["ping"] == ["default@web1"]
     assert probe.ask(["io@web1"])["ping"] == ["io@web1"]
@@ -268,7 +270,7 @@ def test_the_probe_answers_line_by_line_and_is_started_again_after_it_ends_or_th
 def test_the_probe_that_hangs_is_a_failure_not_a_wait(tmp_path):
     def popen(args, **kwargs):
         return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
-    config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p",
+    config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p", "probe": "/q",
               "ping_timeout": 1, "startup_timeout": 1}
     with pytest.raises(celery_watchdog.ProbeFailed, match="no answer within 1 s"):
         celery_watchdog.Probe(config, popen=popen).ask(["default@web1"])
@@ -281,7 +283,7 @@ def test_a_probe_that_answers_nonsense_is_a_failure_and_is_started_again(tmp_pat
         started.append(args)
         code = "print('Django settings loaded', flush=True)" if len(started) == 1 else FAKE_PROBE
         return subprocess.Popen([sys.executable, "-c", code], **kwargs)
-    config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p",
+    config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p", "probe": "/q",
               "ping_timeout": 1, "startup_timeout": 5}
     probe = celery_watchdog.Probe(config, popen=popen)
     with pytest.raises(celery_watchdog.ProbeFailed, match="Django settings loaded"):
