@@ -53,6 +53,7 @@ ANSWERS_WHILE_BUSY = ('prefork', 'threads')
 # How Celery's worker logs the start of its warm shutdown.
 WARM_SHUTDOWN = 'Warm shutdown'
 
+
 def log(message):
     print('celery-watchdog: %s' % message, flush=True)
 
