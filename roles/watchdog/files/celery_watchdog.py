@@ -26,8 +26,9 @@ autorestart=true).
 What it leaves alone, by design:
 - a worker its manager is starting or stopping (a warm shutdown, a release
   switch), or whose main process started less than `threshold` seconds ago;
-- every worker while the broker does not answer, and for `threshold` seconds
-  after it answers again (the workers reconnect by themselves);
+- every worker while the broker does not answer, and for `threshold` + 30
+  seconds after it answers again (the workers reconnect by themselves,
+  waiting up to 30 s between two attempts);
 - every worker while the probe itself fails: the checker's failure is never
   a reason to stop a worker;
 - a worker whose log says it began a warm shutdown (SIGTERM sent outside
@@ -49,6 +50,10 @@ C_LOCALE = {'LANG': 'C', 'LC_ALL': 'C', 'LC_MESSAGES': 'C'}
 
 # Pools whose main process answers ping while every pool slot runs a task.
 ANSWERS_WHILE_BUSY = ('prefork', 'threads')
+
+# The longest wait between two of a worker's attempts to reconnect to the
+# broker (kombu's interval_max, which Celery's consumer keeps).
+RECONNECT_BACKOFF = 30
 
 # How Celery's worker logs the start of its warm shutdown.
 WARM_SHUTDOWN = 'Warm shutdown'
@@ -261,7 +266,7 @@ class Watchdog:
         if not answer.get('reachable'):
             if not self.broker_down:
                 log('the broker does not answer (%s); judging nobody until %d s after it answers again'
-                    % (answer.get('error'), threshold))
+                    % (answer.get('error'), threshold + RECONNECT_BACKOFF))
             self.broker_down = True
             for name in running:
                 self.alive[name] = now
@@ -269,8 +274,10 @@ class Watchdog:
         if self.broker_down:
             log('the broker answers again')
             self.broker_down = False
+            # The workers reconnect by themselves, after a wait of their own:
+            # their silence counts from the longest of those waits on.
             for name in running:
-                self.alive[name] = now
+                self.alive[name] = now + RECONNECT_BACKOFF
         restarted = []
         answered = set(answer.get('ping') or [])
         for name, (worker, pid) in running.items():
