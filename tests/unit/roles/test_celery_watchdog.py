@@ -4,7 +4,6 @@ judged while the broker or the checker itself cannot ask, or while a
 worker starts, stops or shuts down warm; pools that cannot answer inside a
 task are restarted only when their main process is stopped."""
 import importlib.util
-import json
 import pathlib
 import signal
 import subprocess
@@ -85,7 +84,7 @@ def world(monkeypatch):
     config = {"interval": 10, "threshold": THRESHOLD, "stop_window": WINDOW,
               "workers": [worker("default"), worker("io")]}
     dog = celery_watchdog.Watchdog(config, manager, probe, clock=clock, sleep=clock.sleep,
-                                   state_of=lambda pid: states.get(pid), age_of=lambda pid: 3600)
+                                   state_of=states.get, age_of=lambda pid: 3600)
 
     class World:
         pass
