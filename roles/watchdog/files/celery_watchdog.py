@@ -87,7 +87,8 @@ class Probe:
             ['runuser', '-u', c['user'], '--', 'sh', '-c', 'set -a; . "$0"; set +a; cd "$1" && shift && exec "$@"',
              c['env_file'], c['chdir'], c['python'], c['probe'], args],
             # Its stderr is the daemon's: what the app logs while imported shows in the watchdog's log.
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            # A process group of its own: runuser runs the probe in a child, and close() ends both.
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
         self.release = self._release()
         self._read(c['startup_timeout'])
 
@@ -119,19 +120,28 @@ class Probe:
         return self._read(3 * timeout + 5)
 
     def close(self):
-        """End the probe; its exit code (None when it had to be killed)."""
+        """End the probe (its end of input first, then SIGKILL to its process
+        group); its exit code, None when it had to be killed."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
         try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
             code = proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             code = None
-            proc.kill()
         try:
-            proc.communicate(timeout=10)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        proc.stdout.close()
         return code
 
 

@@ -4,6 +4,7 @@ judged while the broker or the checker itself cannot ask, or while a
 worker starts, stops or shuts down warm; pools that cannot answer inside a
 task are restarted only when their main process is stopped."""
 import importlib.util
+import os
 import pathlib
 import signal
 import subprocess
@@ -267,13 +268,33 @@ def test_the_probe_answers_line_by_line_and_is_started_again_after_it_ends_or_th
     probe.close()
 
 
-def test_the_probe_that_hangs_is_a_failure_not_a_wait(tmp_path):
+def test_the_probe_that_hangs_is_a_failure_not_a_wait_and_leaves_no_process(tmp_path):
+    started = []
+
     def popen(args, **kwargs):
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)
+        # As runuser does: the probe in a child of the process started.
+        started.append(subprocess.Popen(["sh", "-c", "sleep 60; exit 0"], **kwargs))
+        return started[-1]
     config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p", "probe": "/q",
               "ping_timeout": 1, "startup_timeout": 1}
     with pytest.raises(celery_watchdog.ProbeFailed, match="no answer within 1 s"):
         celery_watchdog.Probe(config, popen=popen).ask(["default@web1"])
+    assert live_in_group(started[0].pid) == []
+
+
+def live_in_group(pgid):
+    """PIDs of the processes of a group that are not zombies (a killed
+    grandchild waits for its new parent to reap it)."""
+    live = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            live.append(int(entry))
+    return live
 
 
 def test_a_probe_that_answers_nonsense_is_a_failure_and_is_started_again(tmp_path):
