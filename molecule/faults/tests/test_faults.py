@@ -26,9 +26,9 @@ import uuid
 import pytest
 
 from celery_checks import RUNNING_WITHOUT_RESTART, TIMED_INTERVAL, answer_after_outage_bound, docker, run_site, wait
+from faults_broker import BROKER, broker_restored, start_broker
 
 SYSTEMD, SUPERVISOR = "fl-debian-12", "fl-ubuntu-2404"
-BROKER = "fl-broker"
 BEAT_HOST = SYSTEMD
 OUTAGE = 30
 # Sleep tasks of DRAIN_STEP seconds keep the worker that the site playbook
@@ -43,28 +43,6 @@ def managers(hosts):
     """The hosts (conftest.py) are the two this file names, one per manager."""
     assert set(hosts) == {SYSTEMD, SUPERVISOR}
     assert hosts[SYSTEMD].manager == "systemd" and hosts[SUPERVISOR].manager == "supervisor"
-
-
-def broker_up():
-    try:
-        return docker("exec", BROKER, "redis-cli", "ping", timeout=10).strip() == "PONG"
-    except subprocess.SubprocessError:
-        return False
-
-
-def start_broker():
-    docker("start", BROKER)
-    wait(broker_up, 30, "the broker to answer")
-
-
-@contextlib.contextmanager
-def broker_restored():
-    """Whatever the check does to the broker, it runs again afterwards."""
-    try:
-        yield
-    finally:
-        if not broker_up():
-            start_broker()
 
 
 def py(celery, code, timeout=60):

@@ -11,12 +11,10 @@ This file runs after test_faults.py (file order), whose checks ran with the
 watchdog on: its outage, memory-limit, reboot and removed-worker checks would
 fail on a restart the watchdog made."""
 import concurrent.futures
-import subprocess
 import time
 
 from celery_checks import TIMED_INTERVAL, docker, wait
-
-BROKER = "fl-broker"
+from faults_broker import BROKER, broker_restored, start_broker
 # The role's defaults, which the scenario keeps.
 INTERVAL, THRESHOLD, STOP_WINDOW = 10, 45, 30
 
@@ -83,22 +81,13 @@ def test_a_worker_whose_main_process_is_stopped_is_restarted_warm_within_two_min
         assert {w: s["after"][w] for w in others} == {w: s["before"][w] for w in others}, (name, s["before"], s["after"])
 
 
-def broker_up():
-    try:
-        return docker("exec", BROKER, "redis-cli", "ping", timeout=10).strip() == "PONG"
-    except subprocess.SubprocessError:
-        return False
-
-
 def test_a_two_minute_broker_outage_restarts_no_worker(hosts):
     marks = {name: watchdog_mark(celery) for name, celery in hosts.items()}
     before = {(name, worker): celery.main_pid(worker) for name, celery in hosts.items() for worker in celery.workers}
-    docker("stop", BROKER)
-    try:
+    with broker_restored():
+        docker("stop", BROKER)
         time.sleep(120)
-    finally:
-        docker("start", BROKER)
-    wait(broker_up, 60, "the broker to answer")
+        start_broker()
     for celery in hosts.values():
         for worker in celery.workers:
             wait(lambda celery=celery, worker=worker: celery.ping(celery.node(worker)), 180,

@@ -171,9 +171,9 @@ class Supervisor:
     """Worker states from `supervisorctl status`; signals to the program's
     process group (supervisord starts each program in a group of its own)."""
 
-    def __init__(self, run, config):
+    def __init__(self, run):
         self.run = run
-        self.base = ['supervisorctl'] + (['-c', config['supervisor_config']] if config.get('supervisor_config') else [])
+        self.base = ['supervisorctl']
 
     def state(self, service):
         rc, out = self.run(self.base + ['status', service])
@@ -199,28 +199,32 @@ class Supervisor:
         return out[mark:] if mark >= 0 else out
 
 
-def proc_state(pid, proc_root='/proc'):
-    """The state letter of /proc/<pid>/stat, or None when there is no such process."""
+def stat_fields(pid, proc_root='/proc'):
+    """The fields of /proc/<pid>/stat after the command name (which may hold
+    blanks and parentheses), from the state on; [] when there is no such process."""
     try:
         with open('%s/%d/stat' % (proc_root, pid)) as stat:
             text = stat.read()
     except OSError:
-        return None
-    fields = text[text.rfind(')') + 1:].split()
+        return []
+    return text[text.rfind(')') + 1:].split()
+
+
+def proc_state(pid, proc_root='/proc'):
+    """The state letter of the process, or None when there is no such process."""
+    fields = stat_fields(pid, proc_root)
     return fields[0] if fields else None
 
 
 def proc_age(pid, proc_root='/proc'):
     """Seconds since the process started, or None."""
+    fields = stat_fields(pid, proc_root)
     try:
-        with open('%s/%d/stat' % (proc_root, pid)) as stat:
-            text = stat.read()
         with open('%s/uptime' % proc_root) as uptime:
             up = float(uptime.read().split()[0])
-    except (OSError, ValueError):
+        return up - int(fields[19]) / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
         return None
-    fields = text[text.rfind(')') + 1:].split()
-    return up - int(fields[19]) / os.sysconf('SC_CLK_TCK')
 
 
 class Watchdog:
@@ -267,8 +271,7 @@ class Watchdog:
             if not self.probe_down:
                 log('the probe could not ask the workers (%s); judging nobody until it can' % exc)
             self.probe_down = True
-            for name in running:
-                self.alive[name] = now
+            self.spare(running, now)
             return []
         if self.probe_down:
             log('the probe asks the workers again')
@@ -278,16 +281,14 @@ class Watchdog:
                 log('the broker does not answer (%s); judging nobody until %d s after it answers again'
                     % (answer.get('error'), threshold + RECONNECT_BACKOFF))
             self.broker_down = True
-            for name in running:
-                self.alive[name] = now
+            self.spare(running, now)
             return []
         if self.broker_down:
             log('the broker answers again')
             self.broker_down = False
             # The workers reconnect by themselves, after a wait of their own:
             # their silence counts from the longest of those waits on.
-            for name in running:
-                self.alive[name] = now + RECONNECT_BACKOFF
+            self.spare(running, now + RECONNECT_BACKOFF)
         restarted = []
         answered = set(answer.get('ping') or [])
         for name, (worker, pid) in running.items():
@@ -307,6 +308,11 @@ class Watchdog:
             self.alive[name] = self.clock()
             restarted.append(name)
         return restarted
+
+    def spare(self, names, since):
+        """Count the workers' silence from `since` on: nobody could judge them."""
+        for name in names:
+            self.alive[name] = since
 
     def _log(self, worker, pid):
         try:
@@ -360,7 +366,7 @@ def main(argv):
     for worker in config['workers']:
         # %h: the host name, as the workers' --hostname expands it.
         worker['node'] = worker['node'].replace('%h', socket.gethostname())
-    manager = Systemd(run_command) if config['manager'] == 'systemd' else Supervisor(run_command, config)
+    manager = Systemd(run_command) if config['manager'] == 'systemd' else Supervisor(run_command)
     signal.signal(signal.SIGTERM, lambda *_args: sys.exit(0))
     Watchdog(config, manager, Probe(config)).run_forever()
 

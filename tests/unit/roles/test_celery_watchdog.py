@@ -222,7 +222,7 @@ def test_supervisor_state_and_the_log_of_this_run_only():
 
     def run(args):
         return 0, said[args[1]]
-    sv = celery_watchdog.Supervisor(run, {})
+    sv = celery_watchdog.Supervisor(run)
     assert sv.state("proj:proj-worker-default") == (True, 77, "RUNNING")
     assert "Warm shutdown" not in sv.log_since_start("proj:proj-worker-default", 77, "default@web1")
     said["status"] = "proj:proj-worker-default   STOPPING\n"
