@@ -10,37 +10,17 @@
 This file runs after test_faults.py (file order), whose checks ran with the
 watchdog on: its outage, memory-limit, reboot and removed-worker checks would
 fail on a restart the watchdog made."""
-import concurrent.futures
 import time
 
-from celery_checks import TIMED_INTERVAL, docker, wait
+from celery_checks import TIMED_INTERVAL, docker, in_parallel, wait
 from faults_broker import BROKER, broker_restored, start_broker
 # The role's defaults, which the scenario keeps.
 INTERVAL, THRESHOLD, STOP_WINDOW = 10, 45, 30
 
 
-def watchdog_mark(celery):
-    """Where the watchdog's log ends now."""
-    since = int(celery.sh("date +%s").stdout)
-    size = celery.sh("stat -c %%s /var/log/%s/watchdog.log 2>/dev/null || echo 0" % celery.app).stdout.strip()
-    return since, int(size)
-
-
-def watchdog_log(celery, mark):
-    since, size = mark
-    if celery.manager == "systemd":
-        return celery.sh("journalctl -q -o cat -u %s-watchdog.service --since=@%d" % (celery.app, since)).stdout
-    return celery.sh("tail -c +%d /var/log/%s/watchdog.log" % (size + 1, celery.app), check=False).stdout
-
-
-def in_parallel(action, hosts):
-    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
-        return dict(zip(hosts, pool.map(action, hosts.values())))
-
-
 def test_a_worker_whose_main_process_is_stopped_is_restarted_warm_within_two_minutes(hosts):
     def stop_one(celery):
-        mark = watchdog_mark(celery)
+        mark = celery.watchdog_mark()
         worker_since, worker_offset = int(celery.sh("date +%s").stdout), celery.log_size("default")
         task_id, _pool, release = celery.hold("default")
         before = {worker: celery.main_pid(worker) for worker in celery.workers}
@@ -58,7 +38,7 @@ def test_a_worker_whose_main_process_is_stopped_is_restarted_warm_within_two_min
         result = celery.probe("wait", task_id, "--timeout", "120")
         return {"pid": pid, "before": before, "restarted": restarted, "answered": answered, "result": result,
                 "after": {worker: celery.main_pid(worker) for worker in celery.workers},
-                "log": watchdog_log(celery, mark), "worker_log": celery.log_since("default", worker_since, worker_offset),
+                "log": celery.watchdog_log(mark), "worker_log": celery.log_since("default", worker_since, worker_offset),
                 "task_id": task_id}
 
     seen = in_parallel(stop_one, hosts)
@@ -82,7 +62,7 @@ def test_a_worker_whose_main_process_is_stopped_is_restarted_warm_within_two_min
 
 
 def test_a_two_minute_broker_outage_restarts_no_worker(hosts):
-    marks = {name: watchdog_mark(celery) for name, celery in hosts.items()}
+    marks = {name: celery.watchdog_mark() for name, celery in hosts.items()}
     before = {(name, worker): celery.main_pid(worker) for name, celery in hosts.items() for worker in celery.workers}
     with broker_restored():
         docker("stop", BROKER)
@@ -97,7 +77,7 @@ def test_a_two_minute_broker_outage_restarts_no_worker(hosts):
     # ignored their reconnection after it, 30 s later).
     time.sleep(THRESHOLD + 2 * INTERVAL)
     after = {(name, worker): celery.main_pid(worker) for name, celery in hosts.items() for worker in celery.workers}
-    logs = {name: watchdog_log(celery, marks[name]) for name, celery in hosts.items()}
+    logs = {name: celery.watchdog_log(marks[name]) for name, celery in hosts.items()}
     print("watchdog logs: %s" % {name: " | ".join(log.strip().splitlines()) for name, log in logs.items()})
     assert after == before, (before, after)
     for name, log in logs.items():

@@ -5,7 +5,7 @@ molecule.yml: default (prefork), gevent and eventlet (100 greenlets each;
 gevent with a hard time limit of 8 s), scale (autoscale 4,1) and limits
 (prefork, soft limit 2 s, hard limit 10 s). Two more workers, started by hand
 with a short Redis visibility_timeout, show what celery_broker_redelivery_timeout
-guards against.
+guards against. The busy-* workers are test_watchdog.py's.
 
 No bound here is sized to the machine's speed: concurrency is shown by tasks
 that were all running at one moment (the latest start before the earliest

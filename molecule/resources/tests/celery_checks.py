@@ -140,6 +140,12 @@ def wait(predicate, timeout, what, interval=None):
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
+def in_parallel(action, hosts):
+    """action(host) on every host of a {name: CeleryHost} at once; {name: its return}."""
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+        return dict(zip(hosts, pool.map(action, hosts.values())))
+
+
 def while_held(action, begun, release, what, timeout=3600):
     """Runs action() (a restart, a stop, a play) in the background while a
     held task runs (the test app's hold(): it runs until its release file
@@ -507,6 +513,20 @@ class CeleryHost:
         if self.manager == "systemd":
             return self.sh("journalctl -q -o cat -u %s --since=@%d" % (self.service(worker), since)).stdout
         return self.sh("tail -c +%d %s" % (offset + 1, self.log_file(worker))).stdout
+
+    # -- the watchdog (celery_watchdog_enabled) ---------------------------
+    def watchdog_mark(self):
+        """Where the watchdog's log ends now (see watchdog_log)."""
+        since = int(self.sh("date +%s").stdout)
+        size = self.sh("stat -c %%s /var/log/%s/watchdog.log 2>/dev/null || echo 0" % self.app).stdout.strip()
+        return since, int(size)
+
+    def watchdog_log(self, mark):
+        """What the watchdog logged since a watchdog_mark."""
+        since, size = mark
+        if self.manager == "systemd":
+            return self.sh("journalctl -q -o cat -u %s-watchdog.service --since=@%d" % (self.app, since)).stdout
+        return self.sh("tail -c +%d /var/log/%s/watchdog.log" % (size + 1, self.app), check=False).stdout
 
     # -- Beat -------------------------------------------------------------
     def beat_pids(self):

@@ -1,7 +1,10 @@
 """Fixtures and hooks the scenarios' checks share. A scenario with checks of
 its own imports them into its conftest.py (see molecule/pools/tests)."""
 
+import os
+
 import pytest
+import testinfra
 
 from celery_checks import CeleryHost
 
@@ -46,3 +49,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def celery(host):
     return CeleryHost(host)
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    """Every host of the group celery_workers by its inventory name, for the
+    checks that act on all hosts at once (in_parallel) rather than on one."""
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    found = testinfra.get_hosts(["ansible://celery_workers"], ansible_inventory=inventory)
+    return {host.backend.get_hostname(): CeleryHost(host) for host in sorted(found, key=lambda h: h.backend.get_hostname())}

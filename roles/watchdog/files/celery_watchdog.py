@@ -244,6 +244,9 @@ class Watchdog:
         self.pids = {}
         self.broker_down = False
         self.probe_down = False
+        # Silent workers of pools that cannot answer inside a task, left
+        # alone: each is logged once per silence, not every round.
+        self.spared = set()
 
     def round(self):
         """Check every worker once; returns the names of the workers restarted."""
@@ -294,13 +297,21 @@ class Watchdog:
         for name, (worker, pid) in running.items():
             if worker['node'] in answered:
                 self.alive[name] = now
+                self.spared.discard(name)
                 continue
             silent = now - self.alive.get(name, now)
             if silent < threshold:
                 continue
             state = self.state_of(pid)
-            if worker.get('pool', 'prefork') not in ANSWERS_WHILE_BUSY and state not in ('T', 't'):
+            pool = worker.get('pool', 'prefork')
+            if pool not in ANSWERS_WHILE_BUSY and state not in ('T', 't'):
+                if name not in self.spared:
+                    log('worker %s (%s, pid %d, state %s) has not answered ping for %d s; its pool (%s) cannot answer '
+                        'while a task runs and its main process is not stopped: leaving it alone'
+                        % (name, worker['node'], pid, state, silent, pool))
+                    self.spared.add(name)
                 continue
+            self.spared.discard(name)
             if WARM_SHUTDOWN in self._log(worker, pid):
                 self.alive[name] = now
                 continue

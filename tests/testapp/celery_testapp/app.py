@@ -173,7 +173,20 @@ def hold(self, release_file, limit=600):
 # that a redelivered task shows which release completed it.
 @app.task(bind=True)
 def long_once(self, seconds):
-    attempt = app.backend.client.incr("celery_testapp:attempts:" + self.request.id)
+    return _long_once(self, seconds)
+
+
+# The same, acknowledged as it starts (pools scenario, the watchdog's busy
+# workers): a short visibility_timeout on any consumer of the same Redis
+# database hands out again every unacknowledged message that outlives it,
+# whatever its queue, and test_pools.py runs such consumers beside them.
+@app.task(bind=True, acks_late=False)
+def long_acked_at_start(self, seconds):
+    return _long_once(self, seconds)
+
+
+def _long_once(task, seconds):
+    attempt = app.backend.client.incr("celery_testapp:attempts:" + task.request.id)
     started = time.time()
     if attempt == 1:
         time.sleep(float(seconds))

@@ -187,11 +187,14 @@ def test_a_worker_that_began_a_warm_shutdown_is_left_alone(world):
 
 
 @pytest.mark.parametrize("pool", ["solo", "gevent", "eventlet"])
-def test_a_pool_that_cannot_answer_inside_a_task_is_restarted_only_when_stopped(world, pool):
+def test_a_pool_that_cannot_answer_inside_a_task_is_restarted_only_when_stopped(world, pool, capsys):
     world.config["workers"][0]["pool"] = pool
     silence(world, "default")
     world.states[101] = "S"
     assert world.rounds(900) == []
+    # Said once for the whole silence, with the reason.
+    spared = [line for line in capsys.readouterr().out.splitlines() if "leaving it alone" in line]
+    assert len(spared) == 1 and "its pool (%s) cannot answer" % pool in spared[0], spared
     world.states[101] = "T"
     assert world.rounds(20) == ["default"]
 

@@ -1,0 +1,86 @@
+"""The watchdog (celery_watchdog_enabled, molecule.yml, its default timing)
+never restarts a worker that is only busy: on both hosts (systemd and
+supervisor), every slot of the busy-* workers runs a ten-minute task while
+test_pools.py's checks run beside them (this check runs in an xdist worker of
+its own, see celery_fixtures.py). prefork, threads and gevent answer ping all
+that time; solo cannot answer inside a task, so the watchdog hears nothing
+from it for ten minutes, says that it leaves it alone, and does. Each task
+ends once, on the process that started it."""
+import json
+import shlex
+import time
+
+from celery_checks import TIMED_INTERVAL, in_parallel, wait
+
+LONG = 600
+# Every slot of each busy worker (molecule.yml's concurrency).
+SLOTS = {"busy-prefork": 1, "busy-threads": 2, "busy-gevent": 4, "busy-solo": 1}
+ANSWER_WHILE_BUSY = ("busy-prefork", "busy-threads", "busy-gevent")
+# Ping samples while the tasks run, the first after the watchdog's
+# threshold (45 s) and an interval.
+SAMPLE_EVERY = 150
+
+
+def answering(celery, workers):
+    """The workers among `workers` that answer one broadcast ping."""
+    nodes = {celery.node(worker): worker for worker in workers}
+    cmd = celery.sh(celery.in_app(".venv/bin/celery -A celery_testapp inspect ping -d %s --timeout 5 --json"
+                                  % ",".join(nodes)), check=False)
+    lines = [line for line in cmd.stdout.splitlines() if line.startswith("{")]
+    replies = json.loads(lines[-1]) if lines else {}
+    return sorted(nodes[node] for node in replies if node in nodes)
+
+
+def attempts(celery, task_ids):
+    """How many times each task started (the test app's counter), in one call."""
+    code = ("import json, sys; from celery_testapp.app import app; c = app.backend.client; "
+            "print(json.dumps([int(c.get('celery_testapp:attempts:' + i) or 0) for i in sys.argv[1:]]))")
+    out = celery.sh(celery.in_app(".venv/bin/python -c %s %s" % (shlex.quote(code), " ".join(task_ids)))).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_workers_busy_with_ten_minute_tasks_are_never_restarted(hosts):
+    def busy(celery):
+        mark = celery.watchdog_mark()
+        wait(lambda: answering(celery, SLOTS) == sorted(SLOTS), 120, "the busy workers of %s to answer" % celery.hostname,
+             TIMED_INTERVAL)
+        before = {worker: celery.main_pid(worker) for worker in SLOTS}
+        tasks = {worker: [celery.probe("send", "long_acked_at_start", LONG, "--queue", worker) for _slot in range(slots)]
+                 for worker, slots in SLOTS.items()}
+        every_id = [task_id for ids in tasks.values() for task_id in ids]
+        wait(lambda: attempts(celery, every_id) == [1] * len(every_id), 120,
+             "every slot of the busy workers of %s to start its task" % celery.hostname, TIMED_INTERVAL)
+        started = time.monotonic()
+        samples = []
+        # Samples while every task still runs (they may have started up to a
+        # minute before `started`).
+        while time.monotonic() - started + SAMPLE_EVERY < LONG - 90:
+            time.sleep(SAMPLE_EVERY)
+            samples.append(answering(celery, SLOTS))
+        results = {worker: [celery.probe("wait", task_id, "--timeout", LONG + 300 - (time.monotonic() - started))
+                            for task_id in ids] for worker, ids in tasks.items()}
+        return {"before": before, "after": {worker: celery.main_pid(worker) for worker in SLOTS},
+                "samples": samples, "results": results, "log": celery.watchdog_log(mark)}
+
+    seen = in_parallel(busy, hosts)
+    for name, celery in hosts.items():
+        s = seen[name]
+        print("%s: answering ping while busy, per sample: %s; watchdog: %s"
+              % (name, s["samples"], " | ".join(s["log"].strip().splitlines()[-4:])))
+        # The premise: ten minutes of work, every slot, once each.
+        for worker, results in s["results"].items():
+            for result in results:
+                assert result["state"] == "SUCCESS" and result["result"]["attempt"] == 1, (name, worker, result)
+                assert result["result"]["slept"] >= LONG - 1, (name, worker, result)
+        # What the watchdog sees: answers from prefork, threads and gevent
+        # all along; nothing from solo.
+        assert len(s["samples"]) >= 3, (name, s["samples"])
+        for sample in s["samples"]:
+            assert sample == sorted(ANSWER_WHILE_BUSY), (name, s["samples"])
+        # What it did: nothing, and it said why for solo.
+        assert s["after"] == s["before"], (name, s["before"], s["after"])
+        assert "restarting" not in s["log"] and "killing" not in s["log"], (name, s["log"][-3000:])
+        spared = "worker busy-solo (%s, pid %d, state S) has not answered ping" % (celery.node("busy-solo"), s["before"]["busy-solo"])
+        assert spared in s["log"] and "its pool (solo) cannot answer while a task runs" in s["log"], (name, s["log"][-3000:])
+        for worker in ANSWER_WHILE_BUSY:
+            assert "worker %s (" % worker not in s["log"], (name, worker, s["log"][-3000:])
