@@ -25,7 +25,7 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 #    against baselines taken in the same run), so they may share the machine.
 #    Each lane starts with its longest scenario, so that the run does not end
 #    on one long scenario alone.
-LANES=("faults preflight supervisor" "beat pools tls")
+LANES=("faults preflight supervisor tls" "beat pools")
 # After the matrix and the release's other checks, in the first lane.
 AFTER_MATRIX=(default rabbitmq)
 
