@@ -7,18 +7,17 @@ that time; solo cannot answer inside a task, so the watchdog hears nothing
 from it for ten minutes, says that it leaves it alone, and does. Each task
 ends once, on the process that started it."""
 import json
-import shlex
 import time
 
-from celery_checks import TIMED_INTERVAL, in_parallel, wait
+from celery_checks import TIMED_INTERVAL, in_parallel, tasks_attempts, wait
 
 LONG = 600
 # Every slot of each busy worker (molecule.yml's concurrency).
 SLOTS = {"busy-prefork": 1, "busy-threads": 2, "busy-gevent": 4, "busy-solo": 1}
 ANSWER_WHILE_BUSY = ("busy-prefork", "busy-threads", "busy-gevent")
-# Ping samples while the tasks run, the first after the watchdog's
-# threshold (45 s) and an interval.
-SAMPLE_EVERY = 150
+# Ping samples while the tasks run, in seconds after the first was sent (no
+# task starts earlier, so every sample comes before any task can end).
+SAMPLES_AT = (150, 300, 450)
 
 
 def answering(celery, workers):
@@ -29,14 +28,6 @@ def answering(celery, workers):
     lines = [line for line in cmd.stdout.splitlines() if line.startswith("{")]
     replies = json.loads(lines[-1]) if lines else {}
     return sorted(nodes[node] for node in replies if node in nodes)
-
-
-def attempts(celery, task_ids):
-    """How many times each task started (the test app's counter), in one call."""
-    code = ("import json, sys; from celery_testapp.app import app; c = app.backend.client; "
-            "print(json.dumps([int(c.get('celery_testapp:attempts:' + i) or 0) for i in sys.argv[1:]]))")
-    out = celery.sh(celery.in_app(".venv/bin/python -c %s %s" % (shlex.quote(code), " ".join(task_ids)))).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def result_of(celery, task_id, timeout):
@@ -54,19 +45,17 @@ def test_workers_busy_with_ten_minute_tasks_are_never_restarted(hosts):
         wait(lambda: answering(celery, SLOTS) == sorted(SLOTS), 120, "the busy workers of %s to answer" % celery.hostname,
              TIMED_INTERVAL)
         before = {worker: celery.main_pid(worker) for worker in SLOTS}
+        sent = time.monotonic()
         tasks = {worker: [celery.probe("send", "long_acked_at_start", LONG, "--queue", worker) for _slot in range(slots)]
                  for worker, slots in SLOTS.items()}
         every_id = [task_id for ids in tasks.values() for task_id in ids]
-        wait(lambda: attempts(celery, every_id) == [1] * len(every_id), 120,
+        wait(lambda: tasks_attempts(celery, every_id) == [1] * len(every_id), 120,
              "every slot of the busy workers of %s to start its task" % celery.hostname, TIMED_INTERVAL)
-        started = time.monotonic()
         samples = []
-        # Samples while every task still runs (they may have started up to a
-        # minute before `started`).
-        while time.monotonic() - started + SAMPLE_EVERY < LONG - 90:
-            time.sleep(SAMPLE_EVERY)
+        for moment in SAMPLES_AT:
+            time.sleep(max(0.0, sent + moment - time.monotonic()))
             samples.append(answering(celery, SLOTS))
-        results = {worker: [result_of(celery, task_id, LONG + 300 - (time.monotonic() - started)) for task_id in ids]
+        results = {worker: [result_of(celery, task_id, LONG + 300 - (time.monotonic() - sent)) for task_id in ids]
                    for worker, ids in tasks.items()}
         return {"before": before, "after": {worker: celery.main_pid(worker) for worker in SLOTS},
                 "samples": samples, "results": results, "log": celery.watchdog_log(mark)}
@@ -81,7 +70,7 @@ def test_workers_busy_with_ten_minute_tasks_are_never_restarted(hosts):
         assert "restarting" not in s["log"] and "killing" not in s["log"], (name, s["log"][-3000:])
         # What the watchdog sees: answers from prefork, threads and gevent
         # all along; nothing from solo.
-        assert len(s["samples"]) >= 3, (name, s["samples"])
+        assert len(s["samples"]) == len(SAMPLES_AT), (name, s["samples"])
         for sample in s["samples"]:
             assert sample == sorted(ANSWER_WHILE_BUSY), (name, s["samples"])
         # And it said why it left solo alone.

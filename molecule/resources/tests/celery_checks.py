@@ -220,8 +220,15 @@ def outlive_the_redelivery_timeout(celery, start_worker, queue, timeout=900):
 
 def task_attempts(celery, task_id):
     """How many times the test app's task started (its attempts counter)."""
-    code = "from celery_testapp.app import app; print(int(app.backend.client.get('celery_testapp:attempts:%s')))" % task_id
-    return int(celery.sh(celery.in_app(".venv/bin/python -c %s" % shlex.quote(code))).stdout.split()[-1])
+    return tasks_attempts(celery, [task_id])[0]
+
+
+def tasks_attempts(celery, task_ids):
+    """task_attempts of each task, in one call on the host (0: not started)."""
+    code = ("import json, sys; from celery_testapp.app import app; c = app.backend.client; "
+            "print(json.dumps([int(c.get('celery_testapp:attempts:' + i) or 0) for i in sys.argv[1:]]))")
+    out = celery.sh(celery.in_app(".venv/bin/python -c %s %s" % (shlex.quote(code), " ".join(task_ids)))).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def redelivery_window_refusals(host, timeout):

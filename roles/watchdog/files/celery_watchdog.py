@@ -246,7 +246,7 @@ class Watchdog:
         self.probe_down = False
         # Silent workers of pools that cannot answer inside a task, left
         # alone: each is logged once per silence, not every round.
-        self.spared = set()
+        self.left_alone = set()
 
     def round(self):
         """Check every worker once; returns the names of the workers restarted."""
@@ -297,7 +297,7 @@ class Watchdog:
         for name, (worker, pid) in running.items():
             if worker['node'] in answered:
                 self.alive[name] = now
-                self.spared.discard(name)
+                self.left_alone.discard(name)
                 continue
             silent = now - self.alive.get(name, now)
             if silent < threshold:
@@ -305,13 +305,13 @@ class Watchdog:
             state = self.state_of(pid)
             pool = worker.get('pool', 'prefork')
             if pool not in ANSWERS_WHILE_BUSY and state not in ('T', 't'):
-                if name not in self.spared:
+                if name not in self.left_alone:
                     log('worker %s (%s, pid %d, state %s) has not answered ping for %d s; its pool (%s) cannot answer '
                         'while a task runs and its main process is not stopped: leaving it alone'
                         % (name, worker['node'], pid, state, silent, pool))
-                    self.spared.add(name)
+                    self.left_alone.add(name)
                 continue
-            self.spared.discard(name)
+            self.left_alone.discard(name)
             if WARM_SHUTDOWN in self._log(worker, pid):
                 self.alive[name] = now
                 continue
