@@ -166,6 +166,15 @@ def beat_count(host):
     return len(out)
 
 
+def watchdog_log(host):
+    """Everything the host's watchdog logged since the fleet booted."""
+    if MANAGERS[host] == "systemd":
+        script = "journalctl -q --no-pager -o cat -u %s-watchdog.service" % APP
+    else:
+        script = "cat /var/log/%s/watchdog.log" % APP
+    return sh(host, script, check=False).stdout
+
+
 def worker_log_tail(host, lines=60):
     """The last lines the host's workers logged: the journal under systemd,
     the log directory's files under supervisor."""

@@ -17,7 +17,7 @@ import yaml
 
 from release_checks import (APP, BEAT_HOST, DRAIN_TASK, HOSTS, MANAGERS, REQUIREMENTS_TASK, ROOT, Stream, active_ids, app_process_cwds,
                             assert_own_copy, beat_count, handover_left, link, make_release, ok, playbook, probe,
-                            run_site, sh, task_results, venv_copied, whoami, worker_log_tail)
+                            run_site, sh, task_results, venv_copied, watchdog_log, whoami, worker_log_tail)
 from celery_checks import (SHARED_CHECKS, assert_held_task_ran_once, failed_tasks, json_report, recap, shared_check_runs, wait,
                            while_held)
 
@@ -381,3 +381,26 @@ def test_a_broken_release_goes_back_and_the_play_stops_past_max_fail_percentage(
     assert link(first, "current") == "%s/releases/v7" % ROOT and whoami(first, release="v7")["version"] == "7"
     assert link(last, "current") == before[last], "the play went on to the next batch"
     assert whoami(last)["version"] == release_before[last].lstrip("v")
+
+
+def test_the_watchdog_restarted_no_worker_through_every_switch():
+    """The watchdog (celery_watchdog_enabled) watched every host through every
+    switch above and the first part's: the overlap release and the rollback,
+    the restart strategy's cold shutdown, the pruning release, the broken
+    release and its way back. It restarted and killed no worker, and each
+    switch restarted it on the release it switched to (released_everywhere
+    sees no process of the app, its probe included, left on another one)."""
+    seen = {}
+    for host in HOSTS:
+        log = watchdog_log(host)
+        # Its own lines only: runuser, which runs its probe, says "Session
+        # terminated, killing shell..." when a switch restarts the watchdog.
+        seen[host] = {"starts": log.count("celery-watchdog: watching "),
+                      "judged": [line for line in log.splitlines()
+                                 if line.startswith("celery-watchdog: ") and ("restarting" in line or "killing" in line)]}
+    print(json.dumps(seen))
+    for host, found in seen.items():
+        # Started by the first release, then by the overlap release, the
+        # rollback and the restart strategy's release on every host.
+        assert found["starts"] >= 4, "%s: the watchdog started %d times (a switch restarts it)" % (host, found["starts"])
+        assert found["judged"] == [], "%s: the watchdog restarted a worker during a switch: %s" % (host, found["judged"])

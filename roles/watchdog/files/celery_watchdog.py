@@ -378,8 +378,15 @@ def main(argv):
         # %h: the host name, as the workers' --hostname expands it.
         worker['node'] = worker['node'].replace('%h', socket.gethostname())
     manager = Systemd(run_command) if config['manager'] == 'systemd' else Supervisor(run_command)
+    probe = Probe(config)
     signal.signal(signal.SIGTERM, lambda *_args: sys.exit(0))
-    Watchdog(config, manager, Probe(config)).run_forever()
+    try:
+        Watchdog(config, manager, probe).run_forever()
+    finally:
+        # Stopped or restarted (a release switch restarts it): the probe, in a
+        # session of its own that the manager's signal does not reach, ends now,
+        # not whenever it next reads its input.
+        probe.close()
 
 
 if __name__ == '__main__':

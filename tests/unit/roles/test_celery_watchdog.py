@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -282,6 +283,11 @@ def test_the_probe_that_hangs_is_a_failure_not_a_wait_and_leaves_no_process(tmp_
               "ping_timeout": 1, "startup_timeout": 1}
     with pytest.raises(celery_watchdog.ProbeFailed, match="no answer within 1 s"):
         celery_watchdog.Probe(config, popen=popen).ask(["default@web1"])
+    # SIGKILL is queued when killpg returns; a loaded machine may run the
+    # grandchild once more before it dies.
+    deadline = time.monotonic() + 10
+    while live_in_group(started[0].pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert live_in_group(started[0].pid) == []
 
 
@@ -314,3 +320,31 @@ def test_a_probe_that_answers_nonsense_is_a_failure_and_is_started_again(tmp_pat
         probe.ask(["default@web1"])
     assert probe.ask(["default@web1"])["ping"] == ["default@web1"] and len(started) == 2
     probe.close()
+
+
+def test_stopping_the_watchdog_ends_its_probe_at_once(tmp_path, monkeypatch):
+    # Under supervisor the stop signal reaches the daemon's process group, not
+    # the probe's session: the daemon must end the probe itself.
+    closed = []
+
+    class FakeProbe:
+        def __init__(self, config):
+            self.config = config
+
+        def close(self):
+            closed.append(self.config["app"])
+
+    class StoppedWatchdog:
+        def __init__(self, config, manager, probe):
+            pass
+
+        def run_forever(self):
+            raise SystemExit(0)  # what the SIGTERM handler raises
+    monkeypatch.setattr(celery_watchdog, "Probe", FakeProbe)
+    monkeypatch.setattr(celery_watchdog, "Watchdog", StoppedWatchdog)
+    monkeypatch.setattr(celery_watchdog.signal, "signal", lambda *_args: None)
+    config = tmp_path / "watchdog.json"
+    config.write_text('{"app": "proj", "manager": "supervisor", "workers": [{"node": "default@%h"}]}')
+    with pytest.raises(SystemExit):
+        celery_watchdog.main(["celery-watchdog", str(config)])
+    assert closed == ["proj"]
