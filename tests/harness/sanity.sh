@@ -7,7 +7,7 @@
 #
 # Every sanity test runs (but those of LINE_INDEPENDENT with --core-dependent),
 # its compile and import tests on each Python the line supports that this
-# machine has; so do the unit tests.
+# machine has; the unit tests on the oldest and the newest of them.
 #
 # Usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units]
 #   --core LINE         ansible-core line, e.g. 2.20 (default: the tooling line
@@ -77,9 +77,24 @@ if command -v pyenv >/dev/null; then
   units_path="${bindir}/py3:${PATH}"
   export PATH="${bindir}/all:${PATH}"
 fi
-units_python=()
+# The Python 3 versions the unit tests run on: the line's controller Python
+# with --controller-units; else the oldest and the newest Python 3 the line
+# supports that this machine has. A change of the language or the standard
+# library that breaks a module shows at one end of the range, compile and
+# import check every version between, and each further Python costs the run
+# as much again.
 if ((controller_units)); then
-  units_python=(--python "$(line_python_version "$line")")
+  units_versions=("$(line_python_version "$line")")
+else
+  mapfile -t units_versions < <(
+    supported=" $(python -c 'from ansible_test._util.target.common.constants import CONTROLLER_PYTHON_VERSIONS as c, REMOTE_ONLY_PYTHON_VERSIONS as r; print(" ".join(r + c))') "
+    IFS=: read -ra dirs <<<"$units_path"
+    for dir in "${dirs[@]}"; do
+      for exe in "$dir"/python3.[0-9]*; do
+        version="${exe##*/python}"
+        [[ "$version" =~ ^3\.[0-9]+$ && "$supported" == *" $version "* ]] && "$exe" -c '' 2>/dev/null && echo "$version"
+      done
+    done | sort -t. -k2,2n -u | sed -n '1p;$p' | sort -u)
 fi
 
 tree="$(sync_collection_tree "${MATRIX_CACHE}/tree-${line}")"
@@ -91,7 +106,10 @@ rc=0
 ansible-test sanity --venv --color no "${skipped[@]}" 2>&1 | tee "$report" || rc=1
 if ((units)); then
   log "${label} units"
-  PATH="$units_path" ansible-test units --venv --color no "${units_python[@]}" 2>&1 | tee -a "$report" || rc=1
+  ((${#units_versions[@]})) || { echo "no Python 3 that ansible-core ${line} supports was found" | tee -a "$report"; rc=1; }
+  for version in "${units_versions[@]}"; do
+    PATH="$units_path" ansible-test units --venv --color no --python "$version" 2>&1 | tee -a "$report" || rc=1
+  done
 fi
 # The verdicts, after the long output.
 grep -E '^(ERROR|FATAL)|^=+ .*(passed|failed|error).* =+$' "$report" | grep -v '^FATAL: Command' >&2 || true
