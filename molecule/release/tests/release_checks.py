@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 import time
 
-from celery_checks import BEAT_PATTERN, ProcessWatch, run_site
+from celery_checks import BEAT_PATTERN, ProcessWatch, run_site, watchdog_log_script
 
 APP = "testapp"
 HOSTS = ["rl-debian-12", "rl-ubuntu-2404", "rl-debian-13"]
@@ -168,11 +168,7 @@ def beat_count(host):
 
 def watchdog_log(host):
     """Everything the host's watchdog logged since the fleet booted."""
-    if MANAGERS[host] == "systemd":
-        script = "journalctl -q --no-pager -o cat -u %s-watchdog.service" % APP
-    else:
-        script = "cat /var/log/%s/watchdog.log" % APP
-    return sh(host, script, check=False).stdout
+    return sh(host, watchdog_log_script(APP, MANAGERS[host]), check=False).stdout
 
 
 def worker_log_tail(host, lines=60):

@@ -357,6 +357,16 @@ def answer_after_outage_bound(ping_seconds, ping_reply=5):
     return 30 + 2 * ping_seconds + ping_reply + 5
 
 
+def watchdog_log_script(app, manager, mark=(0, 0)):
+    """The shell command that prints what the watchdog of `app` logged since
+    a mark (CeleryHost.watchdog_mark; the default: since the host booted):
+    its journal under systemd, its log file under supervisor."""
+    since, size = mark
+    if manager == "systemd":
+        return "journalctl -q -o cat -u %s-watchdog.service --since=@%d" % (app, since)
+    return "tail -c +%d /var/log/%s/watchdog.log" % (size + 1, app)
+
+
 class CeleryHost:
     """One provisioned host, seen through its process manager and its broker."""
 
@@ -530,10 +540,8 @@ class CeleryHost:
 
     def watchdog_log(self, mark):
         """What the watchdog logged since a watchdog_mark."""
-        since, size = mark
-        if self.manager == "systemd":
-            return self.sh("journalctl -q -o cat -u %s-watchdog.service --since=@%d" % (self.app, since)).stdout
-        return self.sh("tail -c +%d /var/log/%s/watchdog.log" % (size + 1, self.app), check=False).stdout
+        # supervisor's log file is missing until the watchdog first writes.
+        return self.sh(watchdog_log_script(self.app, self.manager, mark), check=self.manager == "systemd").stdout
 
     # -- Beat -------------------------------------------------------------
     def beat_pids(self):
