@@ -19,7 +19,10 @@
 # Sanity runs one line at a time while the converges run beside it (they wait
 # on apt and pip in the containers, sanity on the CPU).
 #
-# Usage: matrix.sh [LINE ...]   (default: every line)
+# Usage: matrix.sh [--sanity | --converge] [LINE ...]   (default: both parts,
+# every line). The two parts may run as two commands, at the same time or one
+# after the other (the test run starts sanity early, at the lowest CPU share):
+# they share only the lines' virtualenvs, made under a lock.
 # Prints one line per check and a closing "matrix: N passed, N failed".
 source "$(dirname "$0")/common.sh"
 source "${REPO_ROOT}/tests/matrix/lib.sh"
@@ -190,40 +193,53 @@ converge_lane() {
   printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.converge-failures"
 }
 
+# Each line's controller Python, then the lines' virtualenvs side by side, under
+# a lock: both parts need them, and one of them makes them.
+prepare_lines() {
+  local line pids=() p lock
+  exec {lock}>"${MATRIX_CACHE}/.lines.lock"
+  flock "$lock"
+  # One after the other: finding one may install it with apt.
+  for line in "${LINES[@]}"; do find_python "$(line_python_version "$line")" >/dev/null; done
+  for line in "${LINES[@]}"; do ensure_line_venv "$line" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || die "a line's virtualenv could not be made"; done
+  exec {lock}>&-
+}
+
 main() {
-  local t0=$SECONDS line p f lane
+  local t0=$SECONDS p f lane parts=(sanity converge)
+  case "${1:-}" in
+    --sanity) parts=(sanity); shift ;;
+    --converge) parts=(converge); shift ;;
+  esac
   if (($#)); then LINES=("$@"); else mapfile -t LINES < <(matrix_lines); fi
   trap cleanup EXIT
   trap 'exit 130' INT TERM
-  mkdir -p "$LOG_DIR"
-  rm -f "${LOG_DIR}"/.*-counts "${LOG_DIR}"/.*-failures
+  mkdir -p "$LOG_DIR" "$MATRIX_CACHE"
+  for lane in "${parts[@]}"; do rm -f "${LOG_DIR}/.${lane}-counts" "${LOG_DIR}/.${lane}-failures"; done
   bash "${REPO_ROOT}/tests/harness/bootstrap.sh"
-  bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 redis
   activate_venv
-  check lines check_lines
-  ensure_tarball
-  ensure_docker_collection
-  # Each line's controller Python first, one after the other (finding one may
-  # install it with apt), then the lines' virtualenvs side by side.
-  for line in "${LINES[@]}"; do find_python "$(line_python_version "$line")" >/dev/null; done
-  local pids=()
-  for line in "${LINES[@]}"; do ensure_line_venv "$line" & pids+=($!); done
-  for p in "${pids[@]}"; do wait "$p" || die "a line's virtualenv could not be made"; done
+  if [[ " ${parts[*]} " == *" sanity "* ]]; then
+    check lines check_lines
+  fi
+  if [[ " ${parts[*]} " == *" converge "* ]]; then
+    bash "${REPO_ROOT}/tests/harness/images.sh" debian-12 redis
+    ensure_tarball
+    ensure_docker_collection
+  fi
+  prepare_lines
   log "lines: ${LINES[*]}"
 
-  sanity_lane &
-  local sanity_pid=$!
-  converge_lane &
-  local converge_pid=$!
-  wait "$sanity_pid" || true
-  wait "$converge_pid" || true
-  for lane in sanity converge; do
+  local pids=()
+  for lane in "${parts[@]}"; do "${lane}_lane" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || true; done
+  for lane in "${parts[@]}"; do
     read -r p f <"${LOG_DIR}/.${lane}-counts" || { p=0 f=1; failures+=("${lane} lane"); }
     passed=$((passed + p)); failed=$((failed + f))
     while read -r name; do [[ -n "$name" ]] && failures+=("$name"); done <"${LOG_DIR}/.${lane}-failures" || true
   done
 
-  log "the matrix took $((SECONDS - t0))s; logs in ${LOG_DIR}"
+  log "the matrix (${parts[*]}) took $((SECONDS - t0))s; logs in ${LOG_DIR}"
   ((failed == 0)) || log "failed: ${failures[*]}"
   echo "matrix: ${passed} passed, ${failed} failed"
   ((failed == 0))

@@ -13,22 +13,25 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 
 # The run, in three steps:
 # 1. The release scenario's fleet converges beside the static checks (lint,
-#    unit, spec, docs, changelog), which bound no time.
+#    spec, docs, changelog), which bound no time.
 # 2. Its switches (the overlap release and the rollback) run alone: their
 #    pause bound compares a switch with the same stream a moment before,
 #    which a neighbour whose load changes in between would blur.
 # 3. Three lanes side by side, each running its stages one after another:
-#    the ansible-core matrix (CPU-bound while the scenarios mostly wait on
-#    their containers) and the release's other checks, which bound no time;
-#    and two lanes of scenarios. No check of those sizes itself to the
-#    machine's speed (they wait for the state they need and measure bounds
-#    against baselines taken in the same run), so they may share the machine.
-#    Each lane starts with its longest scenario, so that the run does not end
-#    on one long scenario alone.
-LANES=("faults preflight supervisor tls" "beat pools")
-# After the matrix and the release's other checks, in the first lane.
-AFTER_MATRIX=(default rabbitmq)
-
+#    the ansible-core converge and the release's other checks, which bound no
+#    time, then scenarios; and two lanes of scenarios. No check of those sizes
+#    itself to the machine's speed (they wait for the state they need and
+#    measure bounds against baselines taken in the same run), so they may
+#    share the machine. Each lane starts with its longest scenario, so that
+#    the run does not end on one long scenario alone.
+# Steps 1 and 2 leave a third of the CPUs idle on a 2-CPU machine, and the
+# run is bound by its CPU time: the ansible-core sanity and units (CPU only,
+# on the controller) run from the start at the lowest CPU share, where they
+# take only what is idle and yield to everything else, a switch included;
+# they get a full share when the lanes begin.
+LANES=("faults preflight supervisor" "beat pools")
+# After the ansible-core converge and the release's other checks, in the first lane.
+AFTER_MATRIX=(default rabbitmq tls)
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
 RESULTS_DIR="${LOG_DIR}/.stages"
@@ -61,12 +64,45 @@ lane() {
   return 0
 }
 
-# The matrix's stage: its exit status, and its log as the stage's output.
+# A part of the matrix as a stage (--sanity or --converge): its exit status,
+# and its log as the stage's output.
 matrix_stage() {
   local status=0 start=$SECONDS
-  bash "${REPO_ROOT}/tests/harness/matrix.sh" || status=$?
-  echo "matrix ran $((SECONDS - start))s (beside the scenario lanes)"
+  bash "${REPO_ROOT}/tests/harness/matrix.sh" "$1" || status=$?
+  echo "matrix ${1#--} ran $((SECONDS - start))s"
   return "${status}"
+}
+
+# The lowest CPU share, for work that may wait (cgroup v1's cpu controller:
+# a cpu cgroup of its own with cpu.shares 2, which also yields to the
+# containers' cgroups; elsewhere nice 19, which yields within the run alone).
+BACKGROUND_CGROUP=/sys/fs/cgroup/cpu/celeryops-background
+# Puts the calling (sub)shell, and so everything it starts, at the lowest share.
+lowest_cpu_share() {
+  if mkdir -p "${BACKGROUND_CGROUP}" 2>/dev/null && echo 2 >"${BACKGROUND_CGROUP}/cpu.shares" 2>/dev/null \
+      && echo "${BASHPID}" >"${BACKGROUND_CGROUP}/cgroup.procs" 2>/dev/null; then
+    log "$1: at the lowest CPU share (${BACKGROUND_CGROUP}, cpu.shares 2)"
+  else
+    renice -n 19 -p "${BASHPID}" >/dev/null
+    log "$1: at the lowest CPU share (nice 19)"
+  fi
+}
+# Renices a process and every process under it.
+renice_tree() {
+  local child
+  renice -n "$2" -p "$1" >/dev/null 2>&1 || return 1
+  for child in $(pgrep -P "$1" || true); do renice_tree "${child}" "$2" || true; done
+}
+# Gives the work started by lowest_cpu_share in the subshell PID a full share.
+full_cpu_share() {
+  local pid="$1"
+  if [[ -f "${BACKGROUND_CGROUP}/cpu.shares" ]] && grep -qx "${pid}" "${BACKGROUND_CGROUP}/cgroup.procs" 2>/dev/null; then
+    echo 1024 >"${BACKGROUND_CGROUP}/cpu.shares" && return 0
+  fi
+  kill -0 "${pid}" 2>/dev/null || return 0
+  # Twice: a process started while the tree was walked keeps its parent's nice.
+  renice_tree "${pid}" 0 && renice_tree "${pid}" 0 && return 0
+  log "WARNING: could not raise the CPU share of process ${pid} and its children (renice needs root)"
 }
 
 # The release scenario in its parts (see molecule/release/tests/conftest.py):
@@ -104,10 +140,10 @@ static_checks() {
   stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh" || true
 }
 
-# The first lane: the matrix, then the release's other checks and the fleet's
-# removal, then the scenarios after the matrix.
+# The first lane: the ansible-core converge, then the release's other checks
+# and the fleet's removal, then the scenarios after them.
 matrix_and_release() {
-  stage ansible-core-matrix matrix_stage || true
+  stage ansible-core-converge matrix_stage --converge || true
   if wanted release; then
     release_part checks release_checks rest
     molecule destroy --scenario-name release >>"$(stage_log molecule-release-fleet)" 2>&1 || true
@@ -140,7 +176,7 @@ cpu_report() {
 }
 
 main() {
-  local t0=$SECONDS pids=() pid entry scenario ticks0 ticks
+  local t0=$SECONDS pids=() pid entry scenario ticks0 ticks sanity_pid
   mkdir -p "${LOG_DIR}"
   rm -rf "${RESULTS_DIR}"; mkdir -p "${RESULTS_DIR}"
   ready_machine
@@ -152,6 +188,9 @@ main() {
     [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
   ticks0="$(cpu_ticks)" ticks="${ticks0}"
+  log "the ansible-core sanity and units, at the lowest CPU share until the lanes begin"
+  (lowest_cpu_share ansible-core-sanity; stage ansible-core-sanity matrix_stage --sanity || true) &
+  sanity_pid=$!
   log "the static checks beside the release scenario's fleet"
   static_checks &
   pid=$!
@@ -165,7 +204,8 @@ main() {
     cpu_report "switches" "${ticks}"
   fi
   ticks="$(cpu_ticks)"
-  log "three lanes side by side: [matrix, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
+  full_cpu_share "${sanity_pid}"
+  log "three lanes side by side: [ansible-core converge, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
   matrix_and_release &
   pids+=($!)
   for entry in "${LANES[@]}"; do
@@ -173,7 +213,8 @@ main() {
     lane ${entry} &
     pids+=($!)
   done
-  for pid in "${pids[@]}"; do wait "$pid" || true; done
+  for pid in "${pids[@]}" "${sanity_pid}"; do wait "$pid" || true; done
+  rmdir "${BACKGROUND_CGROUP}" 2>/dev/null || true
   cpu_report "lanes" "${ticks}"
   cpu_report "whole run" "${ticks0}"
 
