@@ -8,21 +8,25 @@
 #     test on the tooling line, compile and import on each Python the line
 #     supports; on the other lines the tests whose result depends on
 #     ansible-core (import on each Python, validate-modules, ansible-doc ...);
-#     the unit tests on every Python 3 on the tooling line and on the
-#     line's controller Python on the older lines (what differs between lines is
-#     ansible-core, which that covers; the Python versions are covered once);
+#     the unit tests on the oldest and newest Python 3 of the tooling line and
+#     on the line's controller Python on the older lines (what differs between
+#     lines is ansible-core, which that covers; the Pythons between get compile
+#     and import);
 #   - on the newest line other than the tooling one (the Molecule scenarios
 #     run that; the older lines get sanity and units only), one converge of
 #     the site playbook, from the built collection
 #     tarball installed by that line's ansible-galaxy, against a Debian 12 systemd
 #     container with a Redis broker, then one real task through the broker.
-# Sanity runs one line at a time while the converges run beside it (they wait
-# on apt and pip in the containers, sanity on the CPU).
+# Sanity, the unit tests and the converge are three lanes side by side, each
+# one line at a time (the converge waits on apt and pip in its containers, the
+# tests on the CPU).
 #
-# Usage: matrix.sh [--sanity | --converge] [LINE ...]   (default: both parts,
-# every line). The two parts may run as two commands, at the same time or one
-# after the other (the test run starts sanity early, at the lowest CPU share):
-# they share only the lines' virtualenvs, made under a lock.
+# Usage: matrix.sh [--sanity | --units-converge] [LINE ...]   (default: both
+# parts, every line). The parts may run as two commands, at the same time or
+# one after the other: the sanity tests only read the collection and take any
+# CPU share (the test run starts them early, at the lowest); the unit tests
+# time real processes and the converge boots containers, so they run with a
+# full share. The parts share only the lines' virtualenvs, made under a lock.
 # Prints one line per check and a closing "matrix: N passed, N failed".
 source "$(dirname "$0")/common.sh"
 source "${REPO_ROOT}/tests/matrix/lib.sh"
@@ -158,13 +162,28 @@ sanity_lane() {
   tooling="$(tooling_line)"
   for line in "${LINES[@]}"; do
     if [[ "$line" == "$tooling" ]]; then
-      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line"
+      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --no-units
     else
-      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --controller-units --core-dependent
+      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --no-units --core-dependent
     fi
   done
   printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.sanity-counts"
   printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.sanity-failures"
+}
+
+units_lane() {
+  local line tooling
+  passed=0 failed=0 failures=()
+  tooling="$(tooling_line)"
+  for line in "${LINES[@]}"; do
+    if [[ "$line" == "$tooling" ]]; then
+      check "units-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --units-only
+    else
+      check "units-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --units-only --controller-units
+    fi
+  done
+  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.units-counts"
+  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.units-failures"
 }
 
 # The tooling line converges in every Molecule scenario: no converge of its
@@ -207,10 +226,10 @@ prepare_lines() {
 }
 
 main() {
-  local t0=$SECONDS p f lane parts=(sanity converge)
+  local t0=$SECONDS p f lane parts=(sanity units converge)
   case "${1:-}" in
     --sanity) parts=(sanity); shift ;;
-    --converge) parts=(converge); shift ;;
+    --units-converge) parts=(units converge); shift ;;
   esac
   if (($#)); then LINES=("$@"); else mapfile -t LINES < <(matrix_lines); fi
   trap cleanup EXIT

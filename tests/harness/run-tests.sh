@@ -18,19 +18,20 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 #    pause bound compares a switch with the same stream a moment before,
 #    which a neighbour whose load changes in between would blur.
 # 3. Three lanes side by side, each running its stages one after another:
-#    the ansible-core converge and the release's other checks, which bound no
-#    time, then scenarios; and two lanes of scenarios. No check of those sizes
+#    the ansible-core unit tests and converge and the release's other checks,
+#    which bound no time, then scenarios; and two lanes of scenarios. No check of those sizes
 #    itself to the machine's speed (they wait for the state they need and
 #    measure bounds against baselines taken in the same run), so they may
 #    share the machine. Each lane starts with its longest scenario, so that
 #    the run does not end on one long scenario alone.
 # Steps 1 and 2 leave a third of the CPUs idle on a 2-CPU machine, and the
-# run is bound by its CPU time: the ansible-core sanity and units (CPU only,
-# on the controller) run from the start at the lowest CPU share, where they
-# take only what is idle and yield to everything else, a switch included;
-# they get a full share when the lanes begin.
+# run is bound by its CPU time: the ansible-core sanity tests (CPU only, on
+# the controller, and nothing in them is timed) run from the start at the
+# lowest CPU share, where they take only what is idle and yield to everything
+# else, a switch included; they get a full share when the lanes begin. The
+# unit tests, which time real processes, run in the first lane.
 LANES=("faults preflight supervisor" "beat pools")
-# After the ansible-core converge and the release's other checks, in the first lane.
+# After the ansible-core units and converge and the release's other checks, in the first lane.
 AFTER_MATRIX=(default rabbitmq tls)
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
@@ -64,8 +65,8 @@ lane() {
   return 0
 }
 
-# A part of the matrix as a stage (--sanity or --converge): its exit status,
-# and its log as the stage's output.
+# A part of the matrix as a stage (--sanity or --units-converge): its exit
+# status, and its log as the stage's output.
 matrix_stage() {
   local status=0 start=$SECONDS
   bash "${REPO_ROOT}/tests/harness/matrix.sh" "$1" || status=$?
@@ -140,10 +141,10 @@ static_checks() {
   stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh" || true
 }
 
-# The first lane: the ansible-core converge, then the release's other checks
-# and the fleet's removal, then the scenarios after them.
+# The first lane: the ansible-core units and converge, then the release's
+# other checks and the fleet's removal, then the scenarios after them.
 matrix_and_release() {
-  stage ansible-core-converge matrix_stage --converge || true
+  stage ansible-core-units-converge matrix_stage --units-converge || true
   if wanted release; then
     release_part checks release_checks rest
     molecule destroy --scenario-name release >>"$(stage_log molecule-release-fleet)" 2>&1 || true
@@ -188,7 +189,7 @@ main() {
     [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
   ticks0="$(cpu_ticks)" ticks="${ticks0}"
-  log "the ansible-core sanity and units, at the lowest CPU share until the lanes begin"
+  log "the ansible-core sanity tests, at the lowest CPU share until the lanes begin"
   (lowest_cpu_share ansible-core-sanity; stage ansible-core-sanity matrix_stage --sanity || true) &
   sanity_pid=$!
   log "the static checks beside the release scenario's fleet"
@@ -205,7 +206,7 @@ main() {
   fi
   ticks="$(cpu_ticks)"
   full_cpu_share "${sanity_pid}"
-  log "three lanes side by side: [ansible-core converge, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
+  log "three lanes side by side: [ansible-core units and converge, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
   matrix_and_release &
   pids+=($!)
   for entry in "${LANES[@]}"; do

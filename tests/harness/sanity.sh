@@ -9,7 +9,7 @@
 # its compile and import tests on each Python the line supports that this
 # machine has; the unit tests on the oldest and the newest of them.
 #
-# Usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units]
+# Usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units | --units-only]
 #   --core LINE         ansible-core line, e.g. 2.20 (default: the tooling line
 #                       of tests/requirements.txt)
 #   --controller-units  unit tests on the line's controller Python only (what
@@ -18,6 +18,9 @@
 #                       ansible-core line (what matrix.sh does on all lines but
 #                       the tooling line); see LINE_INDEPENDENT
 #   --no-units          sanity only
+#   --units-only        unit tests only (in a copy of the collection of their
+#                       own, so that a sanity run of the same line may run
+#                       beside them)
 source "$(dirname "$0")/common.sh"
 source "${REPO_ROOT}/tests/matrix/lib.sh"
 
@@ -29,14 +32,15 @@ source "${REPO_ROOT}/tests/matrix/lib.sh"
 # the newest line, the tooling one.
 LINE_INDEPENDENT=(compile pep8 pylint shellcheck yamllint line-endings no-smart-quotes
   no-illegal-filenames symlinks shebang empty-init)
-line="$(tooling_line)" controller_units=0 units=1 core_dependent=0
+line="$(tooling_line)" controller_units=0 units=1 sanity=1 core_dependent=0
 while (($#)); do
   case "$1" in
     --core) line="$2"; shift 2 ;;
     --controller-units) controller_units=1; shift ;;
     --core-dependent) core_dependent=1; shift ;;
     --no-units) units=0; shift ;;
-    *) die "unknown argument: $1 (usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units])" ;;
+    --units-only) sanity=0; shift ;;
+    *) die "unknown argument: $1 (usage: sanity.sh [--core LINE] [--controller-units] [--core-dependent] [--no-units | --units-only])" ;;
   esac
 done
 skipped=()
@@ -46,7 +50,7 @@ fi
 
 # ansible-test's shellcheck test is skipped with a mere warning when the
 # program is missing: install it, so the test really runs.
-if ! command -v shellcheck >/dev/null; then
+if ((sanity)) && ! command -v shellcheck >/dev/null; then
   log "apt-get install shellcheck"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -65,9 +69,11 @@ export ANSIBLE_TEST_PREFER_PODMAN=0 NO_COLOR=1
 # name, so that ansible-test finds each Python the line supports. The unit
 # tests are Python 3 only (unittest.mock), and Python 2.7 has no venv module
 # for ansible-test to make their virtualenv with: they get the Python 3 ones.
+# What this run writes apart from a run of the other kind on the same line.
+part="$( ((sanity)) && echo "" || echo "-units")"
 units_path="$PATH"
 if command -v pyenv >/dev/null; then
-  bindir="${MATRIX_CACHE}/pythons-${line}"
+  bindir="${MATRIX_CACHE}/pythons-${line}${part}"
   rm -rf "$bindir"; mkdir -p "${bindir}/all" "${bindir}/py3"
   for exe in "$(pyenv root)"/versions/*/bin/python[23].[0-9]*; do
     [[ "$exe" =~ /python([23])\.[0-9]+$ && -x "$exe" ]] || continue
@@ -97,13 +103,16 @@ else
     done | sort -t. -k2,2n -u | sed -n '1p;$p' | sort -u)
 fi
 
-tree="$(sync_collection_tree "${MATRIX_CACHE}/tree-${line}")"
+tree="$(sync_collection_tree "${MATRIX_CACHE}/tree-${line}${part}")"
 cd "$tree" || exit 1
 label="ansible-test $(ansible --version | sed -n '1s/.*core \([^]]*\)].*/\1/p')"
-report="${MATRIX_CACHE}/sanity-${line}.out"
-log "${label} sanity"
+report="${MATRIX_CACHE}/sanity-${line}${part}.out"
+: >"$report"
 rc=0
-ansible-test sanity --venv --color no "${skipped[@]}" 2>&1 | tee "$report" || rc=1
+if ((sanity)); then
+  log "${label} sanity"
+  ansible-test sanity --venv --color no "${skipped[@]}" 2>&1 | tee "$report" || rc=1
+fi
 if ((units)); then
   log "${label} units"
   ((${#units_versions[@]})) || { echo "no Python 3 that ansible-core ${line} supports was found" | tee -a "$report"; rc=1; }
