@@ -34,6 +34,19 @@ UID0_USER = "toor"
 # Flower turned on with a user, for the cases of one bad Flower setting each.
 FLOWER = {"celery_flower_enabled": True, "celery_flower_basic_auth": [{"username": "ops", "password": "pass-word"}]}
 
+
+
+def case_host(case):
+    return "bad-" + re.sub(r"[^a-z0-9]+", "-", case.lower()).strip("-")
+
+
+# Beat on two hosts with RedBeat's lock, for the cases of one bad failover
+# setting each: both hosts are cases of their own (in the play).
+FAILOVER = {"celery_beat_enabled": True,
+            "celery_beat_hosts": [case_host("Beat failover without RedBeat in the packages"),
+                                  case_host("Beat failover without a Redis for the lock")],
+            "celery_pip_packages": ["celery[redis]==5.7.0", "celery-redbeat==2.4.2"]}
+
 CASES = {
     "unknown process manager": (
         {"celery_process_manager": "upstart"},
@@ -173,6 +186,23 @@ CASES = {
     "Flower on a TLS broker": (
         dict(FLOWER, celery_broker_url="rediss://broker:6379/0"),
         ["Flower does not yet run on a TLS broker (rediss://)", "celery_flower_enabled"]),
+    # Beat on two case hosts with the lock: every case names the same two
+    # (each host of the play must see the same Beat hosts).
+    "Beat failover without RedBeat in the packages": (
+        dict(FAILOVER, celery_pip_packages=["celery[redis]==5.7.0"]),
+        ["celery_beat_hosts runs Beat with RedBeat's lock", "celery_pip_packages", "add celery-redbeat"]),
+    "Beat failover without a Redis for the lock": (
+        dict(FAILOVER, celery_broker_url="amqp://app:secret@broker:5672/app"),
+        ["celery_beat_hosts keeps Beat's lock in Redis", "celery_beat_lock_url is not set", "celery_broker_url is amqp://..."]),
+    "Beat failover with a lock URL that is no Redis": (
+        dict(FAILOVER, celery_beat_lock_url="amqp://app:secret@broker:5672/app"),
+        ["celery_beat_lock_url must be one line and a Redis URL", "scheme is 'amqp'"]),
+    "Beat failover with a short lock timeout": (
+        dict(FAILOVER, celery_beat_lock_timeout=5),
+        ["celery_beat_lock_timeout must be 10 or more", "got 5"]),
+    "Beat failover with a scheduler of its own": (
+        dict(FAILOVER, celery_beat_extra_args=["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"]),
+        ["celery_beat_extra_args choose a scheduler", "celery_beat_hosts runs RedBeat's"]),
     "watchdog threshold under two intervals": (
         {"celery_watchdog_enabled": True, "celery_watchdog_threshold": 15},
         ["celery_watchdog_threshold whole seconds, at least twice celery_watchdog_interval", "got '15'"]),
@@ -219,10 +249,6 @@ def failure_messages(result):
     for task, host, msg in failed_tasks(json_report(result)):
         messages.setdefault(host, []).append("[%s] %s" % (task, msg))
     return messages
-
-
-def case_host(case):
-    return "bad-" + re.sub(r"[^a-z0-9]+", "-", case.lower()).strip("-")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import time
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import after_task_publish
 
 
 def _version():
@@ -120,6 +121,17 @@ if os.environ.get("CELERY_TESTAPP_BEAT_INTERVAL"):
 def tick():
     app.backend.client.rpush(TICKS_KEY, json.dumps(dict(_where(), at=time.time())))
     return True
+
+
+# Each tick as Beat hands it to the broker, with the host of the Beat that sent
+# it: the broker's side of the schedule, whichever worker runs the tick.
+PUBLISHED_KEY = "celery_testapp:published"
+
+
+@after_task_publish.connect
+def _tick_published(sender=None, **_):
+    if sender == tick.name:
+        app.backend.client.rpush(PUBLISHED_KEY, json.dumps(dict(_where(), at=time.time())))
 
 
 # Task streams of the release and fleet scenarios: every execution of

@@ -5,6 +5,7 @@
     python -m celery_testapp.probe send sleep 8          # prints the task id only
     python -m celery_testapp.probe wait <task id> --timeout 60
     python -m celery_testapp.probe ticks                 # Beat ticks executed so far
+    python -m celery_testapp.probe published             # Beat ticks sent so far, with the sending host
     python -m celery_testapp.probe stream --queue q1 --queue q2 --interval 0.05 --stop-file /tmp/stop [--first-seq N]
                                                          # record(seq) tasks until the file exists
     python -m celery_testapp.probe records               # executions of record() so far
@@ -58,6 +59,8 @@ def main(argv=None):
         sub.add_parser(name, help=text).add_argument("--key", default=None, help="the list record() wrote to")
     sub.add_parser("ticks", help="print the recorded Beat ticks as JSON")
     sub.add_parser("clear-ticks", help="forget the recorded Beat ticks")
+    sub.add_parser("published", help="print the Beat ticks sent to the broker as JSON")
+    sub.add_parser("clear-published", help="forget the Beat ticks sent")
     wait = sub.add_parser("wait")
     wait.add_argument("task_id")
     wait.add_argument("--timeout", type=float, default=60)
@@ -67,10 +70,12 @@ def main(argv=None):
         return _stream(opts)
     if opts.command == "batch":
         return _batch(opts)
-    if opts.command in ("records", "clear-records", "ticks", "clear-ticks"):
-        from .app import STREAM_KEY, TICKS_KEY
+    if opts.command in ("records", "clear-records", "ticks", "clear-ticks", "published", "clear-published"):
+        from .app import PUBLISHED_KEY, STREAM_KEY, TICKS_KEY
         if opts.command.endswith("ticks"):
             key = TICKS_KEY
+        elif opts.command.endswith("published"):
+            key = PUBLISHED_KEY
         else:
             key = opts.key or STREAM_KEY
         client = app.backend.client
