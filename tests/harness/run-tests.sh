@@ -30,9 +30,9 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 # lowest CPU share, where they take only what is idle and yield to everything
 # else, a switch included; they get a full share when the lanes begin. The
 # unit tests, which time real processes, run in the first lane.
-LANES=("faults preflight supervisor" "beat pools")
+LANES=("faults preflight supervisor tls" "beat rabbitmq default")
 # After the ansible-core units and converge and the release's other checks, in the first lane.
-AFTER_MATRIX=(default rabbitmq tls)
+AFTER_MATRIX=(pools)
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
 RESULTS_DIR="${LOG_DIR}/.stages"
