@@ -156,35 +156,25 @@ check() {
   fi
 }
 
-sanity_lane() {
-  local line tooling
+# sanity.sh on every line, one after the other, as the lane named $1 (its
+# counts and failures in LOG_DIR): with the arguments $2 on the tooling line,
+# $3 on the older lines.
+tests_lane() {
+  local lane="$1" tooling_args="$2" older_args="$3" line tooling args
   passed=0 failed=0 failures=()
   tooling="$(tooling_line)"
   for line in "${LINES[@]}"; do
-    if [[ "$line" == "$tooling" ]]; then
-      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --no-units
-    else
-      check "sanity-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --no-units --core-dependent
-    fi
+    args="$older_args"
+    [[ "$line" == "$tooling" ]] && args="$tooling_args"
+    # shellcheck disable=SC2086  # the arguments are words
+    check "${lane}-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" $args
   done
-  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.sanity-counts"
-  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.sanity-failures"
+  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.${lane}-counts"
+  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.${lane}-failures"
 }
 
-units_lane() {
-  local line tooling
-  passed=0 failed=0 failures=()
-  tooling="$(tooling_line)"
-  for line in "${LINES[@]}"; do
-    if [[ "$line" == "$tooling" ]]; then
-      check "units-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --units-only
-    else
-      check "units-${line}" bash "${REPO_ROOT}/tests/harness/sanity.sh" --core "$line" --units-only --controller-units
-    fi
-  done
-  printf '%s %s\n' "$passed" "$failed" >"${LOG_DIR}/.units-counts"
-  printf '%s\n' "${failures[@]}" >"${LOG_DIR}/.units-failures"
-}
+sanity_lane() { tests_lane sanity --no-units "--no-units --core-dependent"; }
+units_lane() { tests_lane units --units-only "--units-only --controller-units"; }
 
 # The tooling line converges in every Molecule scenario: no converge of its
 # own. Of the others, the newest converges here; the older ones (2.19, in
