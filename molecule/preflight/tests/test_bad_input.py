@@ -35,7 +35,6 @@ UID0_USER = "toor"
 FLOWER = {"celery_flower_enabled": True, "celery_flower_basic_auth": [{"username": "ops", "password": "pass-word"}]}
 
 
-
 def case_host(case):
     return "bad-" + re.sub(r"[^a-z0-9]+", "-", case.lower()).strip("-")
 

@@ -34,7 +34,7 @@ class LockSettingsError(Exception):
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="celery_beat_lock", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="celery_beat_lock", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--lock-timeout", type=int, required=True)
     parser.add_argument("--key-prefix", required=True)
     parser.add_argument("celery_args", nargs=argparse.REMAINDER)
