@@ -49,6 +49,12 @@ options:
     description: The systemd unit or supervisor program of Beat. Its state is reported, not judged - where Beat must run
       is the fleet's question.
     type: str
+  beat_lock_holder_file:
+    description:
+      - Where a Beat run with RedBeat's lock (C(celery_beat_hosts)) writes its PID once it holds the lock. With it, a
+        running Beat is reported as holding the lock (it ticks) or waiting for it (it stands by).
+    type: path
+    version_added: 1.2.0
   flower_service:
     description: The systemd unit or supervisor program of Flower, reported like O(beat_service).
     type: str
@@ -138,10 +144,13 @@ broker:
       description: Why not, when it did not.
       type: str
 beat:
-  description: Beat's state on this host (V(running) where it runs), or null without O(beat_service).
+  description:
+    - Beat's state on this host (V(running) where it runs), or null without O(beat_service).
+    - Its C(lock) (since 1.2.0) is V(held) for a Beat that holds RedBeat's lock and ticks, V(waiting) for one that
+      stands by, and null for a Beat without the lock or not running.
   returned: always
   type: dict
-  sample: {"service": "proj-beat.service", "state": "running", "pid": 812}
+  sample: {"service": "proj-beat.service", "state": "running", "pid": 812, "lock": "held"}
 flower:
   description: Flower's state on this host, as O(beat_service)'s, or null without O(flower_service).
   returned: always
@@ -322,8 +331,35 @@ class StatusReader(object):
                 problems.append('worker %s (%s) runs (pid %d) but does not answer ping within %g s'
                                 % (worker['name'], node, worker['pid'], self.params['timeout']))
         return {'hostname': self.hostname, 'manager': self.params['manager'], 'release': self.release(), 'broker': broker,
-                'beat': self.single_service('beat_service'), 'flower': self.single_service('flower_service'),
+                'beat': self.beat(), 'flower': self.single_service('flower_service'),
                 'workers': workers, 'problems': problems}
+
+    def beat(self):
+        beat = self.single_service('beat_service')
+        if beat is not None:
+            beat['lock'] = self.beat_lock(beat['pid']) if beat['state'] == 'running' else None
+        return beat
+
+    def beat_lock(self, pid):
+        """V(held) when this Beat took RedBeat's lock, V(waiting) when it runs
+        with the lock's wrapper and waits for it, None when it runs without.
+        RedBeat's lock holds a random token: the wrapper names its holder."""
+        if not any(os.path.basename(arg) == 'celery_beat_lock' for arg in self.cmdline(pid)):
+            return None
+        try:
+            with open(self.params['beat_lock_holder_file'] or '') as handle:
+                holder = json.load(handle).get('pid')
+        except (OSError, ValueError, AttributeError):
+            holder = None
+        return 'held' if holder == pid else 'waiting'
+
+    @staticmethod
+    def cmdline(pid):
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+                return [arg.decode('utf-8', 'replace') for arg in handle.read().split(b'\0') if arg]
+        except OSError:
+            return []
 
     def single_service(self, param):
         """The state of a service the fleet runs on one host (Beat, Flower), or None when not asked."""
@@ -339,6 +375,7 @@ def main():
             manager=dict(type='str', required=True, choices=['systemd', 'supervisor']),
             workers=dict(type='dict', required=True),
             beat_service=dict(type='str'),
+            beat_lock_holder_file=dict(type='path'),
             flower_service=dict(type='str'),
             app=dict(type='str', required=True),
             chdir=dict(type='path', required=True),

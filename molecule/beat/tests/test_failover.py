@@ -2,7 +2,10 @@
 the other stands by (and a play limited to one host refuses to start it
 beside a Beat without the lock); when the ticking host's container is killed, the other
 takes over within the lock's timeout and 10 s; when the killed host comes back
-it stands by. Two inventories, each with one host and its Beat, tick once.
+it stands by. The status playbook tells the ticking Beat from the one that
+stands by. A switch of the process manager keeps one Beat ticking, and the
+failover is proven under supervisor (after the switch), the rest under
+systemd. Two inventories, each with one host and its Beat, tick once.
 A second site run into failover changes nothing. No two ticks of the schedule (every 2 s) are ever sent closer
 than 1 s apart, before, during and after the failover and through the site
 runs into and out of it. The ticks are counted from the broker's side: as
@@ -81,6 +84,21 @@ def inventory_of(name, tmp_path):
     return str(directory / "inventory.yml")
 
 
+def assert_status_shows_the_lock(tmp_path, active, standby):
+    """The status playbook: the ticking Beat holds the lock, the other stands
+    by, and neither is a problem."""
+    path = tmp_path / "fleet.json"
+    result = run_site({"celery_status_json": str(path)}, playbook="celeryops.celery.status", check=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    beats = {name: host["beat"] for name, host in json.loads(path.read_text()).items()}
+    assert (beats[active]["lock"], beats[standby]["lock"]) == ("held", "waiting"), beats
+    assert all(beat["state"] == "running" for beat in beats.values()), beats
+    lines = [line.strip(' "') for line in result.stdout.splitlines()]
+    assert any(line.startswith(active + "  ") and "Beat runs here (holds the lock)" in line for line in lines), result.stdout[-3000:]
+    assert any(line.startswith(standby + "  ") and "Beat runs here (stands by for the lock)" in line for line in lines), \
+        result.stdout[-3000:]
+
+
 def boot(name):
     docker("start", name)
     docker("exec", name, "timeout", "300", "systemctl", "is-system-running", "--wait", timeout=320, check=False)
@@ -111,7 +129,19 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
 
     active = ticking_host(second)
     standby = ({FIRST, SECOND} - {active}).pop()
-    watcher = celery_host(standby, "systemd")
+    assert_status_shows_the_lock(tmp_path, active, standby)
+
+    # A switch of both hosts to supervisor: one Beat ticks throughout, and it
+    # fails over under supervisor as under systemd.
+    converge(celery_beat_hosts=[FIRST, SECOND], celery_pip_packages=PACKAGES, celery_process_manager="supervisor")
+    for name, celery in hosts("supervisor").items():
+        assert celery.beat_pids(), "Beat does not run on %s under supervisor" % name
+        assert "celery_beat_lock" in celery.sh("cat /etc/supervisor/conf.d/testapp-beat.conf").stdout
+    assert_never_twice(sent(second, start), "through the switch to supervisor")
+    second = celery_host(SECOND, "supervisor")
+    active = ticking_host(second)
+    standby = ({FIRST, SECOND} - {active}).pop()
+    watcher = celery_host(standby, "supervisor")
     docker("kill", active)
     killed = time.time()
     try:
@@ -122,7 +152,7 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
             "%s took over %.1f s after %s died" % (standby, taken - killed, active)
     finally:
         boot(active)
-    back = celery_host(active, "systemd")
+    back = celery_host(active, "supervisor")
     wait(back.beat_pids, 120, "Beat to run again on %s" % active, 1)
     # The host that came back stands by: the ticks go on from the other.
     assert ticking_host(watcher, 20.0) == standby, "Beat moved back to %s when it came back" % active
@@ -133,16 +163,18 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
     # the lock they share keeps one ticking.
     before = time.time()
     for name in (FIRST, SECOND):
-        result = run_site({"celery_beat_hosts": [name], "celery_pip_packages": PACKAGES, "celery_flower_hosts": [SECOND]},
-                          inventory=inventory_of(name, tmp_path))
+        result = run_site({"celery_beat_hosts": [name], "celery_pip_packages": PACKAGES, "celery_flower_hosts": [SECOND],
+                           "celery_process_manager": "supervisor"}, inventory=inventory_of(name, tmp_path))
         assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    assert all(c.beat_pids() for c in hosts("systemd").values()), "Beat does not run on both hosts"
+    assert all(c.beat_pids() for c in hosts("supervisor").values()), "Beat does not run on both hosts"
     ticking_host(second)
     assert_never_twice(sent(second, before), "through the site runs of two inventories")
 
-    # Back to one Beat, on the second host: the other host's Beat goes first.
+    # Back to one Beat, on the second host, and to systemd: the other host's
+    # Beat goes first.
     before = time.time()
     converge(celery_beat_host=SECOND)
+    second = celery_host(SECOND, "systemd")
     assert sorted(n for n, c in hosts("systemd").items() if c.beat_pids()) == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
     assert ticking_host(second) == SECOND

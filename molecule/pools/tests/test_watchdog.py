@@ -3,8 +3,9 @@ never restarts a worker that is only busy: on both hosts (systemd and
 supervisor), every slot of the busy-* workers runs a ten-minute task while
 test_pools.py's checks run beside them (this check runs in an xdist worker of
 its own, see celery_fixtures.py). prefork, threads and gevent answer ping all
-that time; solo cannot answer inside a task, so the watchdog hears nothing
-from it for ten minutes, says that it leaves it alone, and does. Each task
+that time; solo cannot answer inside a task, nor gevent inside a task that
+never yields to its loop (a C call), so the watchdog hears nothing from them
+for ten minutes, says that it leaves them alone, and does. Each task
 ends once, on the process that started it."""
 import json
 import time
@@ -13,8 +14,14 @@ from celery_checks import TIMED_INTERVAL, in_parallel, tasks_attempts, wait
 
 LONG = 600
 # Every slot of each busy worker (molecule.yml's concurrency).
-SLOTS = {"busy-prefork": 1, "busy-threads": 2, "busy-gevent": 4, "busy-solo": 1}
+SLOTS = {"busy-prefork": 1, "busy-threads": 2, "busy-gevent": 4, "busy-solo": 1, "busy-gevent-blocked": 1}
 ANSWER_WHILE_BUSY = ("busy-prefork", "busy-threads", "busy-gevent")
+# The pools that cannot answer inside these tasks: the watchdog must say why
+# it leaves them alone.
+SILENT_WHILE_BUSY = {"busy-solo": "solo", "busy-gevent-blocked": "gevent"}
+# The task each busy worker runs: a sleep, or for the blocked gevent worker a
+# sleep that never yields to gevent's loop.
+TASKS = {"busy-gevent-blocked": "long_blocking_acked_at_start"}
 # Ping samples while the tasks run, in seconds after the first was sent (no
 # task starts earlier, so every sample comes before any task can end).
 SAMPLES_AT = (150, 300, 450)
@@ -46,7 +53,8 @@ def test_workers_busy_with_ten_minute_tasks_are_never_restarted(hosts):
              TIMED_INTERVAL)
         before = {worker: celery.main_pid(worker) for worker in SLOTS}
         sent = time.monotonic()
-        tasks = {worker: [celery.probe("send", "long_acked_at_start", LONG, "--queue", worker) for _slot in range(slots)]
+        tasks = {worker: [celery.probe("send", TASKS.get(worker, "long_acked_at_start"), LONG, "--queue", worker)
+                          for _slot in range(slots)]
                  for worker, slots in SLOTS.items()}
         every_id = [task_id for ids in tasks.values() for task_id in ids]
         wait(lambda: tasks_attempts(celery, every_id) == [1] * len(every_id), 120,
@@ -69,13 +77,15 @@ def test_workers_busy_with_ten_minute_tasks_are_never_restarted(hosts):
         assert s["after"] == s["before"], (name, s["before"], s["after"])
         assert "restarting" not in s["log"] and "killing" not in s["log"], (name, s["log"][-3000:])
         # What the watchdog sees: answers from prefork, threads and gevent
-        # all along; nothing from solo.
+        # all along; nothing from solo and the blocked gevent worker.
         assert len(s["samples"]) == len(SAMPLES_AT), (name, s["samples"])
         for sample in s["samples"]:
             assert sample == sorted(ANSWER_WHILE_BUSY), (name, s["samples"])
-        # And it said why it left solo alone.
-        spared = "worker busy-solo (%s, pid %d, state S) has not answered ping" % (celery.node("busy-solo"), s["before"]["busy-solo"])
-        assert spared in s["log"] and "its pool (solo) cannot answer while a task runs" in s["log"], (name, s["log"][-3000:])
+        # And it said why it left solo and the blocked gevent worker alone.
+        for worker, pool in SILENT_WHILE_BUSY.items():
+            spared = "worker %s (%s, pid %d, state S) has not answered ping" % (worker, celery.node(worker), s["before"][worker])
+            assert spared in s["log"], (name, worker, s["log"][-3000:])
+            assert "its pool (%s) cannot answer while a task runs" % pool in s["log"], (name, worker, s["log"][-3000:])
         for worker in ANSWER_WHILE_BUSY:
             assert "worker %s (" % worker not in s["log"], (name, worker, s["log"][-3000:])
         # The premise: ten minutes of work on every slot, each task once.

@@ -6,7 +6,8 @@ A stream of short tasks (one every 0.05 s, to each host's own queue in turn)
 runs through every switch; a long task is in flight on the first host. The
 checks run in order: v1 (converge) -> v2 (overlap, rolling) -> back to v1
 (rollback) -> v3 (restart, cold shutdown of a task longer than the window) ->
-v4 (broken: back to v3) -> bad input -> the site playbook changes nothing."""
+v4 (broken: back to v3) -> bad input -> the site playbook changes nothing
+-> ... -> Beat on two hosts with RedBeat's lock through a release (v20, v21)."""
 import concurrent.futures
 import json
 import os
@@ -218,6 +219,9 @@ BAD_INPUT = {
     "virtualenv outside the release": ({"celery_venv": "/opt/venv"}, ["celery_venv", "/.venv"]),
     "verify task without name": ({"celery_release_verify_task": {"args": [1]}},
                                  ["celery_release_verify_task", "`name`"]),
+    "Beat's lock before the running release holds RedBeat": (
+        {"celery_beat_hosts": [HOSTS[2]]},
+        ["celery_beat_hosts", "cannot import 'redbeat'", "release the app with celery-redbeat in its requirements first"]),
 }
 # Rollbacks, on the same host: to a release that is not installed, and with
 # no previous release (its `previous` link moved aside for the run).
@@ -404,3 +408,61 @@ def test_the_watchdog_restarted_no_worker_through_every_switch():
         # rollback and the restart strategy's release on every host.
         assert found["starts"] >= 4, "%s: the watchdog started %d times (a switch restarts it)" % (host, found["starts"])
         assert found["judged"] == [], "%s: the watchdog restarted a worker during a switch: %s" % (host, found["judged"])
+
+
+# Beat with RedBeat's lock on the two RabbitMQ hosts (one under systemd, one
+# under supervisor); the lock in the Redis, named since the broker is not one.
+FAILOVER = {"celery_beat_hosts": [BEAT_HOST, HOSTS[1]], "celery_beat_lock_url": "redis://rl-broker:6379/0"}
+REDBEAT = "celery-redbeat==2.4.2"
+
+
+def published(since):
+    """(time, host) of every Beat tick sent since `since`, from the one Redis
+    the fleet's results share."""
+    host = HOSTS[2]
+    release = link(host, "current").rsplit("/", 1)[1]
+    return sorted((t["at"], t["hostname"]) for t in probe(host, "published", release=release) if t["at"] >= since)
+
+
+def assert_never_twice(ticks, when):
+    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
+    # The schedule's interval is 1 s (CELERY_TESTAPP_BEAT_INTERVAL).
+    assert not gaps or min(gaps) > 0.5, "two ticks %.2f s apart %s: two Beats tick: %s" % (min(gaps), when, ticks)
+
+
+def ticking_hosts(seconds=5.0):
+    start = time.time()
+    time.sleep(seconds)
+    ticks = published(start)
+    assert len(ticks) >= seconds / 2, "%d ticks in %s s: %s" % (len(ticks), seconds, ticks)
+    return sorted({host for _at, host in ticks})
+
+
+def test_a_release_switch_with_beat_on_two_hosts_keeps_one_beat_ticking(tmp_path):
+    """celery_beat_hosts through a rolling release: a release that adds
+    celery-redbeat to the requirements (checked as installed, not against the
+    site run's packages), then one that turns the lock on (applied to the
+    running release, then each host switched in turn): both hosts run Beat,
+    one ticks, and no two ticks are ever closer than half the interval, from
+    the first release to a site run back to one Beat."""
+    start = time.time()
+    limit = ",".join(FAILOVER["celery_beat_hosts"])
+    # Only the way to RedBeat: both hosts at once.
+    ok(playbook("release", limit=limit, celery_release_src=make_release(tmp_path, "20", extra_requirement=REDBEAT),
+                celery_release_id="v20", celery_release_serial=2))
+    assert ticking_hosts() == [BEAT_HOST]
+    ok(playbook("release", limit=limit, celery_release_src=make_release(tmp_path, "21", extra_requirement=REDBEAT),
+                celery_release_id="v21", **FAILOVER))
+    for host in FAILOVER["celery_beat_hosts"]:
+        assert link(host, "current") == "%s/releases/v21" % ROOT, host
+        assert beat_count(host) == 1, "%s runs %d Beats" % (host, beat_count(host))
+    assert beat_count(HOSTS[2]) == 0
+    assert len(ticking_hosts()) == 1
+    assert_never_twice(published(start), "through the releases into failover")
+
+    # Back to one Beat on its host, by the site run (of the hosts that ran Beat).
+    before = time.time()
+    ok(run_site(limit=limit))
+    assert [beat_count(h) for h in HOSTS] == [1, 0, 0]
+    assert ticking_hosts() == [BEAT_HOST]
+    assert_never_twice(published(before), "through the site run back to one Beat")

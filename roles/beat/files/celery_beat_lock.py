@@ -18,10 +18,16 @@ line with the arguments after `--`:
                         keeps the lock
   redbeat_key_prefix    --key-prefix: the app's keys (schedule and lock), the
                         same on every host of the app
+With --holder-file PATH, the Beat that took the lock writes {"pid": ..., "since":
+...} there once it holds it (a Beat that waits writes nothing): RedBeat's lock
+holds a random token, so this is how the status playbook tells the ticking
+Beat from the ones that stand by.
 """
 import argparse
+import json
 import os
 import sys
+import time
 
 LOCK_URL_VARIABLE = "CELERYOPS_BEAT_LOCK_URL"
 # The URL schemes RedBeat connects to (redis-py's, and RedBeat's sentinel and
@@ -37,6 +43,7 @@ def parse(argv):
     parser = argparse.ArgumentParser(prog="celery_beat_lock", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--lock-timeout", type=int, required=True)
     parser.add_argument("--key-prefix", required=True)
+    parser.add_argument("--holder-file", default="")
     parser.add_argument("celery_args", nargs=argparse.REMAINDER)
     opts = parser.parse_args(argv)
     args = opts.celery_args[1:] if opts.celery_args[:1] == ["--"] else opts.celery_args
@@ -71,6 +78,23 @@ def settings(opts, broker_url, environ):
     return {"redbeat_redis_url": url, "redbeat_lock_timeout": opts.lock_timeout, "redbeat_key_prefix": opts.key_prefix}
 
 
+def forget_holder(path):
+    """A holder file left by an earlier Beat of this host is not true of this
+    one (and its pid may be this one's after a reboot)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def note_holder(path):
+    """Writes the holder file (this process), whole or not at all."""
+    partial = path + ".partial"
+    with open(partial, "w") as handle:
+        json.dump({"pid": os.getpid(), "since": time.time()}, handle)
+    os.replace(partial, path)
+
+
 def main(argv=None):
     opts, celery_args = parse(sys.argv[1:] if argv is None else argv)
     # Celery from the app's virtualenv, imported only once the arguments hold.
@@ -85,7 +109,19 @@ def main(argv=None):
         except LockSettingsError as exc:
             failure.append(str(exc))
             raise
+        if opts.holder_file:
+            # RedBeat takes the lock in its own beat_init receiver, connected
+            # when its module is imported: imported now, it runs before this
+            # one, which then finds the lock taken (or None, when taking it failed).
+            import redbeat.schedulers  # noqa: F401 pylint: disable=import-outside-toplevel,unused-import
+            signals.beat_init.connect(held, weak=False)
 
+    def held(sender=None, **_):
+        if getattr(sender.scheduler, "lock", None) is not None:
+            note_holder(opts.holder_file)
+
+    if opts.holder_file:
+        forget_holder(opts.holder_file)
     signals.import_modules.connect(configure, weak=False)
     sys.argv = ["celery"] + celery_args
     try:

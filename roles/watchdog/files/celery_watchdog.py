@@ -119,9 +119,10 @@ class Probe:
         # Connecting and asking each take up to `timeout`.
         return self._read(3 * timeout + 5)
 
-    def close(self):
-        """End the probe (its end of input first, then SIGKILL to its process
-        group); its exit code, None when it had to be killed."""
+    def close(self, grace=2.0):
+        """End the probe (its end of input first, then, after `grace` seconds,
+        SIGKILL to its process group); its exit code, None when it had to be
+        killed."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
@@ -130,7 +131,7 @@ class Probe:
         except OSError:
             pass
         try:
-            code = proc.wait(timeout=2)
+            code = proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             code = None
         try:
@@ -385,8 +386,10 @@ def main(argv):
     finally:
         # Stopped or restarted (a release switch restarts it): the probe, in a
         # session of its own that the manager's signal does not reach, ends now,
-        # not whenever it next reads its input.
-        probe.close()
+        # not whenever it next reads its input. It only reads, so it is killed
+        # at once: its own exit (the broker connection's teardown) takes seconds,
+        # and every release switch waits for this stop.
+        probe.close(grace=0)
 
 
 if __name__ == '__main__':

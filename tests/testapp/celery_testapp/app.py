@@ -1,3 +1,4 @@
+import ctypes
 import json
 import os
 import socket
@@ -197,11 +198,27 @@ def long_acked_at_start(self, seconds):
     return _long_once(self, seconds)
 
 
-def _long_once(task, seconds):
+# The same in a call that never yields to gevent's or eventlet's loop (the C
+# library's sleep, which no monkey patch reaches): the worker's main loop
+# cannot answer ping while it runs, as with a task stuck in a C extension.
+@app.task(bind=True, acks_late=False)
+def long_blocking_acked_at_start(self, seconds):
+    return _long_once(self, seconds, sleep=_sleep_without_yielding)
+
+
+def _sleep_without_yielding(seconds):
+    libc = ctypes.CDLL(None)
+    deadline = time.time() + float(seconds)
+    # sleep() returns early when a signal arrives.
+    while time.time() < deadline:
+        libc.sleep(max(1, int(deadline - time.time())))
+
+
+def _long_once(task, seconds, sleep=time.sleep):
     attempt = app.backend.client.incr("celery_testapp:attempts:" + task.request.id)
     started = time.time()
     if attempt == 1:
-        time.sleep(float(seconds))
+        sleep(float(seconds))
     result = _where()
     result.update({"attempt": attempt, "slept": round(time.time() - started, 3)})
     return result

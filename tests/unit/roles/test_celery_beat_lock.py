@@ -67,9 +67,10 @@ def test_no_redis_for_the_lock_is_refused_without_the_password(broker_url, envir
 def fake_celery(monkeypatch, seen):
     """A stand-in for Celery: its command line sends import_modules for an app,
     then makes the scheduler, which records the app's settings at that moment."""
-    receivers = []
-    signals = types.SimpleNamespace(import_modules=types.SimpleNamespace(
-        connect=lambda receiver, weak=True: receivers.append(receiver)))
+    receivers, beat_init = [], []
+    signals = types.SimpleNamespace(
+        import_modules=types.SimpleNamespace(connect=lambda receiver, weak=True: receivers.append(receiver)),
+        beat_init=types.SimpleNamespace(connect=lambda receiver, weak=True: beat_init.append(receiver)))
 
     class Conf(dict):
         broker_url = "redis://broker:6379/0"
@@ -80,6 +81,10 @@ def fake_celery(monkeypatch, seen):
         for receiver in receivers:
             receiver(sender=app)
         seen["conf_at_scheduler"] = dict(app.conf)
+        # Beat's service, then beat_init to each receiver in the order connected.
+        service = types.SimpleNamespace(scheduler=types.SimpleNamespace(lock=None, lock_to_take=seen.get("lock")))
+        for receiver in beat_init:
+            receiver(sender=service)
         return 0
 
     modules = {"celery": types.ModuleType("celery"), "celery.bin": types.ModuleType("celery.bin"),
@@ -100,3 +105,44 @@ def test_the_settings_are_in_the_app_before_the_scheduler_is_made(monkeypatch):
     assert seen["argv"] == ["celery", "--app=proj", "beat", "--scheduler=redbeat.RedBeatScheduler"]
     assert seen["conf_at_scheduler"] == {"redbeat_redis_url": "redis://lock:6379/3", "redbeat_lock_timeout": 30,
                                          "redbeat_key_prefix": "redbeat:proj"}
+
+
+# RedBeat's module as it is: importing it connects its beat_init receiver,
+# which takes the lock (here: sets the one the test hands it).
+FAKE_REDBEAT = """
+from celery import signals
+
+
+def acquire_distributed_beat_lock(sender=None, **kwargs):
+    sender.scheduler.lock = sender.scheduler.lock_to_take
+
+
+signals.beat_init.connect(acquire_distributed_beat_lock)
+"""
+
+
+@pytest.fixture
+def redbeat(tmp_path, monkeypatch):
+    package = tmp_path / "lib" / "redbeat"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "schedulers.py").write_text(FAKE_REDBEAT)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    yield
+    for name in ("redbeat.schedulers", "redbeat"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("lock, holds", [(object(), True), (None, False)])
+def test_the_beat_that_took_the_lock_writes_the_holder_file_and_no_other(tmp_path, monkeypatch, redbeat, lock, holds):
+    seen = {"lock": lock}
+    fake_celery(monkeypatch, seen)
+    holder = tmp_path / "beat-lock-holder"
+    # An earlier Beat's file (a pid that may be this one's after a reboot).
+    holder.write_text('{"pid": %d, "since": 0}' % celery_beat_lock.os.getpid())
+    assert celery_beat_lock.main(ARGS[:1] + ["--holder-file", str(holder)] + ARGS[1:]) == 0
+    if holds:
+        written = celery_beat_lock.json.loads(holder.read_text())
+        assert written["pid"] == celery_beat_lock.os.getpid() and written["since"] > 0, written
+    else:
+        assert not holder.exists(), "a Beat without the lock left a holder file: %s" % holder.read_text()

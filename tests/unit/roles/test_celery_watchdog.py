@@ -331,8 +331,8 @@ def test_stopping_the_watchdog_ends_its_probe_at_once(tmp_path, monkeypatch):
         def __init__(self, config):
             self.config = config
 
-        def close(self):
-            closed.append(self.config["app"])
+        def close(self, grace=2.0):
+            closed.append((self.config["app"], grace))
 
     class StoppedWatchdog:
         def __init__(self, config, manager, probe):
@@ -347,4 +347,26 @@ def test_stopping_the_watchdog_ends_its_probe_at_once(tmp_path, monkeypatch):
     config.write_text('{"app": "proj", "manager": "supervisor", "workers": [{"node": "default@%h"}]}')
     with pytest.raises(SystemExit):
         celery_watchdog.main(["celery-watchdog", str(config)])
-    assert closed == ["proj"]
+    # Without a grace: a release switch waits for this stop.
+    assert closed == [("proj", 0)]
+
+
+def test_a_probe_that_lingers_after_its_input_ends_is_killed_without_a_grace(tmp_path):
+    # As the app's probe does: it answers, then takes seconds to exit once its
+    # input ends (the broker connection's teardown).
+    lingering = FAKE_PROBE + "import time\ntime.sleep(30)\n"
+    started = []
+
+    def popen(args, **kwargs):
+        started.append(subprocess.Popen([sys.executable, "-c", lingering], **kwargs))
+        return started[-1]
+    config = {"app": "proj", "user": "proj", "env_file": "/e", "chdir": str(tmp_path), "python": "/p", "probe": "/q",
+              "ping_timeout": 5, "startup_timeout": 30}
+    probe = celery_watchdog.Probe(config, popen=popen)
+    assert probe.ask(["default@web1"])["ping"] == ["default@web1"]
+    began = time.monotonic()
+    assert probe.close(grace=0) is None, "the lingering probe exited by itself"
+    # The 30 s sleep, not a grace, would otherwise bound it; 10 s leaves room
+    # for a loaded machine.
+    assert time.monotonic() - began < 10
+    assert started[0].poll() is not None

@@ -14,6 +14,8 @@ import os
 
 from unittest import mock
 
+import pytest
+
 from ansible.module_utils import basic
 
 from ansible_collections.celeryops.celery.plugins.modules import status_info as module
@@ -22,7 +24,7 @@ HOST = 'web1'
 PARAMS = {'manager': 'systemd', 'workers': {'default': 'proj-worker-default.service', 'io': 'proj-worker-io.service'},
           'beat_service': 'proj-beat.service', 'flower_service': 'proj-flower.service', 'app': 'proj', 'chdir': '/srv/proj/current',
           'python': '/srv/proj/current/.venv/bin/python', 'env_file': '/etc/proj/celery.env', 'user': 'proj',
-          'broker_use_ssl': None, 'timeout': 5.0}
+          'broker_use_ssl': None, 'timeout': 5.0, 'beat_lock_holder_file': None}
 ALL_UP = {'url': 'amqp://proj:**@broker:5672/proj', 'ping': ['default@web1', 'io@web1'],
           'queues': {'default@web1': ['celery'], 'io@web1': ['io', 'io.low']},
           'active': {'default@web1': [{'id': 't1', 'name': 'proj.tasks.long', 'worker_pid': 12, 'seconds': 3.2}],
@@ -63,6 +65,17 @@ RUNNING = {'proj-worker-default.service': ('active', 'running', 101), 'proj-work
            'proj-beat.service': ('active', 'running', 103)}
 
 
+# Beat's command line, by PID (the module reads /proc).
+CMDLINES = {}
+
+
+@pytest.fixture(autouse=True)
+def cmdlines(monkeypatch):
+    CMDLINES.clear()
+    monkeypatch.setattr(module.StatusReader, 'cmdline', staticmethod(lambda pid: CMDLINES.get(pid, [])))
+    return CMDLINES
+
+
 def read(fake, **params):
     return module.StatusReader(fake, dict(PARAMS, **params), HOST).read()
 
@@ -76,7 +89,7 @@ def test_every_worker_up_is_reported_with_what_the_broker_says():
                        'state': 'running', 'pid': 101, 'uptime_seconds': 3725, 'answers_ping': True, 'queues': ['celery'],
                        'active': ALL_UP['active']['default@web1'], 'reserved': []}
     assert io['queues'] == ['io', 'io.low'] and io['reserved'] == [{'id': 't2', 'name': 'proj.tasks.fetch'}]
-    assert status['beat'] == {'service': 'proj-beat.service', 'state': 'running', 'pid': 103}
+    assert status['beat'] == {'service': 'proj-beat.service', 'state': 'running', 'pid': 103, 'lock': None}
     # Flower is not running on this host: reported, not a problem of the host.
     assert status['flower'] == {'service': 'proj-flower.service', 'state': 'inactive dead', 'pid': 0}
 
@@ -121,7 +134,29 @@ def test_supervisor_states_and_pids_are_read_from_its_status_line():
                   workers={'default': 'proj:proj-worker-default', 'io': 'proj:proj-worker-io'}, beat_service='proj-beat')
     assert [(w['state'], w['pid']) for w in status['workers']] == [('running', 2201), ('FATAL', 0)]
     assert status['problems'] == ['worker io (io@web1) is not running: supervisor says FATAL']
-    assert status['beat'] == {'service': 'proj-beat', 'state': 'ERROR', 'pid': 0}
+    assert status['beat'] == {'service': 'proj-beat', 'state': 'ERROR', 'pid': 0, 'lock': None}
+
+
+LOCKED_BEAT = ['/srv/proj/.venv/bin/python', '/usr/local/libexec/celeryops/celery_beat_lock', '--lock-timeout=30',
+               '--key-prefix=redbeat:proj', '--holder-file=/var/lib/proj/beat-lock-holder', '--', '--app=proj', 'beat']
+
+
+@pytest.mark.parametrize('holder, lock', [({'pid': 103, 'since': 1.5}, 'held'), ({'pid': 977, 'since': 1.5}, 'waiting'),
+                                          (None, 'waiting'), ('not json', 'waiting')])
+def test_a_beat_with_the_lock_is_told_holding_from_waiting_by_the_holder_file(tmp_path, cmdlines, holder, lock):
+    path = tmp_path / 'beat-lock-holder'
+    if holder is not None:
+        path.write_text(holder if isinstance(holder, str) else json.dumps(holder))
+    cmdlines[103] = LOCKED_BEAT
+    status = read(FakeHost(systemd=RUNNING), beat_lock_holder_file=str(path))
+    assert status['beat'] == {'service': 'proj-beat.service', 'state': 'running', 'pid': 103, 'lock': lock}
+
+
+def test_a_beat_without_the_lock_has_no_lock_whatever_the_holder_file_says(tmp_path, cmdlines):
+    path = tmp_path / 'beat-lock-holder'
+    path.write_text(json.dumps({'pid': 103, 'since': 1.5}))
+    cmdlines[103] = ['/srv/proj/.venv/bin/celery', '--app=proj', 'beat']
+    assert read(FakeHost(systemd=RUNNING), beat_lock_holder_file=str(path))['beat']['lock'] is None
 
 
 def test_the_app_is_asked_as_its_user_with_its_environment_and_every_node():
