@@ -54,7 +54,6 @@ options:
       - Where a Beat run with RedBeat's lock (C(celery_beat_hosts)) writes its PID once it holds the lock. With it, a
         running Beat is reported as holding the lock (it ticks) or waiting for it (it stands by).
     type: path
-    version_added: 1.2.0
   flower_service:
     description: The systemd unit or supervisor program of Flower, reported like O(beat_service).
     type: str
@@ -146,7 +145,7 @@ broker:
 beat:
   description:
     - Beat's state on this host (V(running) where it runs), or null without O(beat_service).
-    - Its C(lock) (since 1.2.0) is V(held) for a Beat that holds RedBeat's lock and ticks, V(waiting) for one that
+    - Its C(lock) is V(held) for a Beat that holds RedBeat's lock and ticks, V(waiting) for one that
       stands by, and null for a Beat without the lock or not running.
   returned: always
   type: dict
