@@ -20,7 +20,7 @@ import time
 
 import yaml
 
-from celery_checks import docker, run_site, wait
+from celery_checks import assert_never_twice, docker, run_site, wait
 from test_beat import FIRST, INTERVAL, SECOND, assert_failed_with, celery_host, converge, hosts
 
 # The role's default, so that the bound is the one users get.
@@ -38,16 +38,6 @@ def sent(celery, since):
     return sorted((t["at"], t["hostname"]) for t in celery.probe("published") if t["at"] >= since)
 
 
-def closest(ticks):
-    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
-    return min(gaps) if gaps else None
-
-
-def assert_never_twice(ticks, when):
-    gap = closest(ticks)
-    assert gap is None or gap > INTERVAL / 2, "two ticks %.2f s apart %s: two Beats tick: %s" % (gap, when, ticks)
-
-
 def ticking_host(celery, seconds=12.0):
     """The one host whose Beat sent the ticks of the next `seconds`, after
     checking they came one per interval."""
@@ -57,7 +47,7 @@ def ticking_host(celery, seconds=12.0):
     senders = {host for _at, host in ticks}
     assert len(senders) == 1, "ticks came from %s, not from one host: %s" % (sorted(senders), ticks)
     assert abs(len(ticks) - seconds / INTERVAL) <= 1.5, "%d ticks in %s s: %s" % (len(ticks), seconds, ticks)
-    assert_never_twice(ticks, "while one Beat ticks")
+    assert_never_twice(ticks, INTERVAL, "while one Beat ticks")
     return senders.pop()
 
 
@@ -137,7 +127,7 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
     for name, celery in hosts("supervisor").items():
         assert celery.beat_pids(), "Beat does not run on %s under supervisor" % name
         assert "celery_beat_lock" in celery.sh("cat /etc/supervisor/conf.d/testapp-beat.conf").stdout
-    assert_never_twice(sent(second, start), "through the switch to supervisor")
+    assert_never_twice(sent(second, start), INTERVAL, "through the switch to supervisor")
     second = celery_host(SECOND, "supervisor")
     active = ticking_host(second)
     standby = ({FIRST, SECOND} - {active}).pop()
@@ -157,7 +147,7 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
     # The host that came back stands by: the ticks go on from the other.
     assert ticking_host(watcher, 20.0) == standby, "Beat moved back to %s when it came back" % active
     assert back.beat_pids(), "Beat does not stand by on %s" % active
-    assert_never_twice(sent(watcher, start), "from the site run into failover to the killed host's return")
+    assert_never_twice(sent(watcher, start), INTERVAL, "from the site run into failover to the killed host's return")
 
     # Two inventories of the app, each with one of the hosts and its Beat:
     # the lock they share keeps one ticking.
@@ -168,7 +158,7 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
         assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert all(c.beat_pids() for c in hosts("supervisor").values()), "Beat does not run on both hosts"
     ticking_host(second)
-    assert_never_twice(sent(second, before), "through the site runs of two inventories")
+    assert_never_twice(sent(second, before), INTERVAL, "through the site runs of two inventories")
 
     # Back to one Beat, on the second host, and to systemd: the other host's
     # Beat goes first.
@@ -178,4 +168,4 @@ def test_beat_on_two_hosts_ticks_once_and_fails_over_when_its_host_dies(tmp_path
     assert sorted(n for n, c in hosts("systemd").items() if c.beat_pids()) == [SECOND]
     assert not celery_host(FIRST, "systemd").host.file("/etc/systemd/system/testapp-beat.service").exists
     assert ticking_host(second) == SECOND
-    assert_never_twice(sent(second, before), "through the site run back to one Beat")
+    assert_never_twice(sent(second, before), INTERVAL, "through the site run back to one Beat")

@@ -123,6 +123,13 @@ def changed_hosts(output, task):
 TIMED_INTERVAL, SLOWEST_INTERVAL = 0.5, 3.0
 
 
+def assert_never_twice(ticks, interval, when):
+    """No two of the (time, host) Beat ticks, in order, closer than half the
+    schedule's interval: one Beat ticked, never two."""
+    gaps = [b[0] - a[0] for a, b in zip(ticks, ticks[1:])]
+    assert not gaps or min(gaps) > interval / 2, "two ticks %.2f s apart %s: two Beats tick: %s" % (min(gaps), when, ticks)
+
+
 def wait(predicate, timeout, what, interval=None):
     """Polls predicate until it returns something true; fails after timeout.
     A check that measures how long the wait took passes interval
