@@ -12,8 +12,7 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 ((${#@})) && SCENARIOS=("$@")
 
 # The run, in three steps:
-# 1. The release scenario's fleet converges beside the static checks (lint,
-#    spec, docs, changelog), which bound no time.
+# 1. The release scenario's fleet converges.
 # 2. Its switches (the overlap release and the rollback) run alone: their
 #    pause bound compares a switch with the same stream a moment before,
 #    which a neighbour whose load changes in between would blur.
@@ -24,12 +23,13 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 #    measure bounds against baselines taken in the same run), so they may
 #    share the machine. Each lane starts with its longest scenario, so that
 #    the run does not end on one long scenario alone.
-# Steps 1 and 2 leave a third of the CPUs idle on a 2-CPU machine, and the
-# run is bound by its CPU time: the ansible-core sanity tests (CPU only, on
-# the controller, and nothing in them is timed) run from the start at the
-# lowest CPU share, where they take only what is idle and yield to everything
-# else, a switch included; they get a full share when the lanes begin. The
-# unit tests, which time real processes, run in the first lane.
+# Step 2 leaves a third of the CPUs idle on a 2-CPU machine, and the run is
+# bound by its CPU time: the ansible-core sanity tests and the static checks
+# (lint, spec, docs, changelog: CPU only, on the controller, and nothing in
+# them is timed) run from the start at the lowest CPU share, where they take
+# only what is idle and yield to everything else, a switch included; they get
+# a full share when the lanes begin. The unit tests, which time real
+# processes, run in the first lane.
 LANES=("faults preflight supervisor tls" "beat rabbitmq default")
 # After the ansible-core units and converge and the release's other checks, in the first lane.
 AFTER_MATRIX=(pools)
@@ -94,16 +94,18 @@ renice_tree() {
   renice -n "$2" -p "$1" >/dev/null 2>&1 || return 1
   for child in $(pgrep -P "$1" || true); do renice_tree "${child}" "$2" || true; done
 }
-# Gives the work started by lowest_cpu_share in the subshell PID a full share.
+# Gives the work started by lowest_cpu_share in the subshells PID ... a full share.
 full_cpu_share() {
-  local pid="$1"
-  if [[ -f "${BACKGROUND_CGROUP}/cpu.shares" ]] && grep -qx "${pid}" "${BACKGROUND_CGROUP}/cgroup.procs" 2>/dev/null; then
+  local pid
+  if [[ -f "${BACKGROUND_CGROUP}/cpu.shares" ]]; then
     echo 1024 >"${BACKGROUND_CGROUP}/cpu.shares" && return 0
   fi
-  kill -0 "${pid}" 2>/dev/null || return 0
-  # Twice: a process started while the tree was walked keeps its parent's nice.
-  renice_tree "${pid}" 0 && renice_tree "${pid}" 0 && return 0
-  log "WARNING: could not raise the CPU share of process ${pid} and its children (renice needs root)"
+  for pid in "$@"; do
+    kill -0 "${pid}" 2>/dev/null || continue
+    # Twice: a process started while the tree was walked keeps its parent's nice.
+    renice_tree "${pid}" 0 && renice_tree "${pid}" 0 && continue
+    log "WARNING: could not raise the CPU share of process ${pid} and its children (renice needs root)"
+  done
 }
 
 # The release scenario in its parts (see molecule/release/tests/conftest.py):
@@ -177,7 +179,7 @@ cpu_report() {
 }
 
 main() {
-  local t0=$SECONDS pids=() pid entry scenario ticks0 ticks sanity_pid
+  local t0=$SECONDS pids=() background=() pid entry scenario ticks0 ticks
   mkdir -p "${LOG_DIR}"
   rm -rf "${RESULTS_DIR}"; mkdir -p "${RESULTS_DIR}"
   ready_machine
@@ -189,15 +191,13 @@ main() {
     [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
   ticks0="$(cpu_ticks)" ticks="${ticks0}"
-  log "the ansible-core sanity tests, at the lowest CPU share until the lanes begin"
+  log "the ansible-core sanity tests and the static checks, at the lowest CPU share until the lanes begin"
   (lowest_cpu_share ansible-core-sanity; stage ansible-core-sanity matrix_stage --sanity || true) &
-  sanity_pid=$!
-  log "the static checks beside the release scenario's fleet"
-  static_checks &
-  pid=$!
+  background+=($!)
+  (lowest_cpu_share static-checks; static_checks) &
+  background+=($!)
   wanted release && release_part fleet release_fleet
-  wait "$pid" || true
-  cpu_report "static checks and fleet" "${ticks}"
+  cpu_report "fleet" "${ticks}"
   if wanted release; then
     ticks="$(cpu_ticks)"
     log "the release scenario's switches, alone"
@@ -205,7 +205,7 @@ main() {
     cpu_report "switches" "${ticks}"
   fi
   ticks="$(cpu_ticks)"
-  full_cpu_share "${sanity_pid}"
+  full_cpu_share "${background[@]}"
   log "three lanes side by side: [ansible-core units and converge, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
   matrix_and_release &
   pids+=($!)
@@ -214,7 +214,7 @@ main() {
     lane ${entry} &
     pids+=($!)
   done
-  for pid in "${pids[@]}" "${sanity_pid}"; do wait "$pid" || true; done
+  for pid in "${pids[@]}" "${background[@]}"; do wait "$pid" || true; done
   rmdir "${BACKGROUND_CGROUP}" 2>/dev/null || true
   cpu_report "lanes" "${ticks}"
   cpu_report "whole run" "${ticks0}"

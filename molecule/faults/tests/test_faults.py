@@ -12,7 +12,8 @@ The checks run in file order, one after another (they stop the shared broker
 and re-run the site playbook); each leaves the hosts as it found them, but the
 last, which moves Beat. None is sized to the machine's speed: each waits for
 the state it needs (a task running, the play over, the broker back), and a
-bound on a duration is measured against a baseline taken in the same run."""
+bound on a duration is measured against a baseline taken in the same run or
+read from the kernel's start times."""
 import concurrent.futures
 import contextlib
 import json
@@ -476,9 +477,7 @@ def beat_ticks_again(celery, booted):
 def all_answer_seconds(hosts, started, timeout=300):
     """Per host, seconds from `started` until all its workers answer ping
     (None if one never does): the hosts side by side, each host's workers
-    polled one after another. The reboot and its baseline are measured this
-    same way, so that the ping clients' own load (a Celery client costs about
-    half a CPU-second) is the same in both."""
+    polled one after another."""
     def host_seconds(item):
         name, celery = item
         try:
@@ -492,52 +491,43 @@ def all_answer_seconds(hosts, started, timeout=300):
         return dict(pool.map(host_seconds, hosts.items()))
 
 
-def start_up_all_seconds(hosts):
-    """Every worker of every host stopped, then all started at once, as a
-    reboot starts them: seconds until each host's workers all answer ping.
-    The baseline of the reboot's bound, measured with the same number of
-    workers starting side by side on the same CPUs."""
-    def command(celery, action):
-        manager = "systemctl" if celery.manager == "systemd" else "supervisorctl"
-        celery.sh("timeout 300 %s %s %s" % (manager, action, " ".join(celery.service(w) for w in celery.workers)))
+def started_after_boot(celery, pid):
+    """Seconds between the start of the container's PID 1 and the start of
+    `pid`, read from the kernel's process start times (no clock of the
+    controller, no load on the way in between)."""
+    ages = celery.sh("ps -o etimes= -p 1 && ps -o etimes= -p %d" % pid).stdout.split()
+    return int(ages[0]) - int(ages[1])
 
-    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
-        list(pool.map(lambda celery: command(celery, "stop"), hosts.values()))
-        started = time.monotonic()
-        list(pool.map(lambda celery: command(celery, "start"), hosts.values()))
-    seconds = all_answer_seconds(hosts, started)
-    assert None not in seconds.values(), "a host's workers did not answer ping after their start: %s" % seconds
-    return seconds
+
+# How long after the boot's end a process manager may take to spawn its
+# programs: supervisord starts them when its own unit has started, which may
+# be just after systemd calls the boot done.
+SPAWN_SLACK = 10
 
 
 def test_after_a_reboot_every_worker_and_beat_are_back_by_themselves(hosts):
     names = sorted(hosts)
-    baseline = start_up_all_seconds(hosts)
     for celery in hosts.values():
         # /run is a tmpfs: a marker in the run directory must be gone after the
         # reboot, the directory itself back (tmpfiles.d).
         celery.sh("touch /run/%s/faults-marker" % celery.app)
     booted, boot = reboot(names)
-    # From the containers' start, measured as the baseline was.
     delays = all_answer_seconds(hosts, booted)
-    print("after the reboot each host's workers all answered ping %s s after its container started (boot %s s, "
-          "start-up baseline %s s)" % (delays, {k: round(v, 1) for k, v in boot.items()},
-                                       {k: round(v, 1) for k, v in baseline.items()}))
-    # The bound: the host's boot, then the start-up of all the workers at once
-    # as measured on this machine just before (the same workers starting side
-    # by side, polled the same way), twice over for the load that varies in
-    # between, plus 5 s: nothing in it is a guess of the machine's speed.
+    print("after the reboot each host's workers all answered ping %s s after its container started (boot %s s)"
+          % (delays, {k: round(v, 1) for k, v in boot.items()}))
     for name, delay in sorted(delays.items()):
-        bound = boot[name] + 2 * baseline[name] + 5
         assert delay is not None, "%s: its workers did not all answer ping after the reboot" % name
-        assert delay <= bound, "%s: the workers all answered %.1fs after the container started; bound %.1fs (boot %.1fs, start-up %.1fs)" % (
-            name, delay, bound, boot[name], baseline[name])
-    # PIDs repeat in a fresh container: the age of each main process shows it
-    # was started after the boot.
+    # Back by themselves means started by the boot: each main process began
+    # while the host booted (its start time against PID 1's, both the
+    # kernel's; PIDs repeat in a fresh container, the start time tells), not
+    # at a retry after a failed start nor by anything later. How long the
+    # start-up then takes depends on the machine's load: the time to answer is
+    # printed above, not bounded.
     for (name, worker), pid in main_pids(hosts).items():
         assert pid, (name, worker)
-        age = int(hosts[name].sh("ps -o etimes= -p %d" % pid).stdout)
-        assert age <= time.monotonic() - booted + 2, "%s: %s runs for %ds, since before the reboot" % (name, worker, age)
+        offset = started_after_boot(hosts[name], pid)
+        assert 0 <= offset <= boot[name] + SPAWN_SLACK, (
+            "%s: %s started %ds after its container did, not by the boot (%.1fs)" % (name, worker, offset, boot[name]))
     for name, celery in hosts.items():
         run_dir = celery.host.file("/run/" + celery.app)
         assert run_dir.is_directory and run_dir.user == celery.user and run_dir.mode == 0o750, name

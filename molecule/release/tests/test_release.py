@@ -222,6 +222,12 @@ BAD_INPUT = {
     "Beat's lock before the running release holds RedBeat": (
         {"celery_beat_hosts": [HOSTS[2]]},
         ["celery_beat_hosts", "cannot import 'redbeat'", "release the app with celery-redbeat in its requirements first"]),
+    # The release's requirements may bring gevent; the running release's
+    # virtualenv, which the install play configures first, does not hold it.
+    "a gevent worker before the running release holds gevent": (
+        {"celery_workers": [{"name": "default", "queues": ["celery", "host." + HOSTS[2]]},
+                            {"name": "green", "queues": ["green"], "pool": "gevent"}]},
+        ["celery_workers green use pool 'gevent'", "cannot import 'gevent'", "release the app with gevent in its requirements first"]),
 }
 # Rollbacks, on the same host: to a release that is not installed, and with
 # no previous release (its `previous` link moved aside for the run).

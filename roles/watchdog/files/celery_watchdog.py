@@ -152,13 +152,24 @@ class Systemd:
     def __init__(self, run):
         self.run = run
 
+    def states(self, services):
+        """{service: (running, main PID, the manager's words)} of every
+        service, read in one call: one block per unit, in the order asked."""
+        rc, out = self.run(['systemctl', 'show', '-p', 'ActiveState', '-p', 'SubState', '-p', 'MainPID'] + list(services))
+        blocks = [block for block in out.split('\n\n') if '=' in block]
+        if len(blocks) != len(services):
+            raise ValueError('systemctl show answered %d units of %d (exit %d)' % (len(blocks), len(services), rc))
+        found = {}
+        for service, block in zip(services, blocks):
+            fields = dict(line.split('=', 1) for line in block.splitlines() if '=' in line)
+            pid = int(fields.get('MainPID') or 0)
+            words = '%s/%s' % (fields.get('ActiveState'), fields.get('SubState'))
+            found[service] = (words == 'active/running' and pid > 0, pid, words)
+        return found
+
     def state(self, service):
         """(running, main PID, the manager's words)."""
-        rc, out = self.run(['systemctl', 'show', '-p', 'ActiveState', '-p', 'SubState', '-p', 'MainPID', service])
-        fields = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
-        pid = int(fields.get('MainPID') or 0)
-        words = '%s/%s' % (fields.get('ActiveState'), fields.get('SubState'))
-        return rc == 0 and words == 'active/running' and pid > 0, pid, words
+        return self.states([service])[service]
 
     def kill_all(self, service, pid):
         self.run(['systemctl', 'kill', '--signal=SIGKILL', service])
@@ -176,12 +187,26 @@ class Supervisor:
         self.run = run
         self.base = ['supervisorctl']
 
+    def states(self, services):
+        """{service: (running, main PID, the manager's words)} of every
+        program, read in one call (it exits non-zero when one is not
+        running): a line per program, named first."""
+        _rc, out = self.run(self.base + ['status'] + list(services))
+        found = {}
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) < 2 or words[0].rstrip(':') not in services:
+                continue
+            state = words[1]
+            pid = int(words[3].rstrip(',')) if state == 'RUNNING' and len(words) > 3 and words[2] == 'pid' else 0
+            found[words[0].rstrip(':')] = (state == 'RUNNING' and pid > 0, pid, state)
+        return found
+
     def state(self, service):
-        rc, out = self.run(self.base + ['status', service])
-        words = out.split()
-        state = words[1] if len(words) > 1 else out.strip()
-        pid = int(words[3].rstrip(',')) if state == 'RUNNING' and len(words) > 3 and words[2] == 'pid' else 0
-        return state == 'RUNNING' and pid > 0, pid, state
+        found = self.states([service])
+        if service not in found:
+            raise ValueError('supervisorctl status says nothing of %s' % service)
+        return found[service]
 
     def kill_all(self, service, pid):
         try:
@@ -254,13 +279,19 @@ class Watchdog:
         now = self.clock()
         threshold = self.config['threshold']
         running = {}
+        # One call for every worker: under supervisor each call is a Python
+        # client's start-up, a CPU's fifth of a second.
+        services = [worker['service'] for worker in self.config['workers']]
+        try:
+            states = self.manager.states(services)
+        except Exception as exc:  # the checker's own failure: nobody is judged
+            log('could not read the state of %s: %s' % (', '.join(services), exc))
+            states = None
         for worker in self.config['workers']:
             name = worker['name']
-            try:
-                up, pid, words = self.manager.state(worker['service'])
-            except Exception as exc:  # the checker's own failure: nobody is judged
-                log('could not read the state of %s: %s' % (worker['service'], exc))
-                up, pid, words = False, 0, 'unknown'
+            # A worker its manager says nothing of (supervisord away, say) is
+            # not running for this round: its silence is not counted.
+            up, pid, words = (states or {}).get(worker['service'], (False, 0, 'unknown'))
             age = self.age_of(pid) if up else None
             if not up or pid != self.pids.get(name) or age is None or age < threshold:
                 self.alive[name] = now

@@ -45,6 +45,10 @@ class Manager:
     def state(self, service):
         return self.services[service]
 
+    def states(self, services):
+        self.reads = getattr(self, "reads", 0) + 1
+        return {service: self.state(service) for service in services}
+
     def kill_all(self, service, pid):
         self.killed.append((service, pid))
 
@@ -218,6 +222,39 @@ def test_systemd_state_reads_running_and_the_main_pid():
     def stopping(args):
         return 0, "ActiveState=deactivating\nSubState=stop-sigterm\nMainPID=812\n"
     assert celery_watchdog.Systemd(stopping).state("x.service") == (False, 812, "deactivating/stop-sigterm")
+
+
+def test_systemd_states_of_every_worker_in_one_call_in_the_order_asked():
+    calls = []
+
+    def run(args):
+        calls.append(args)
+        return 0, ("ActiveState=active\nSubState=running\nMainPID=812\n\n"
+                   "ActiveState=inactive\nSubState=dead\nMainPID=0\n")
+    states = celery_watchdog.Systemd(run).states(["a.service", "b.service"])
+    assert states == {"a.service": (True, 812, "active/running"), "b.service": (False, 0, "inactive/dead")}
+    assert len(calls) == 1 and calls[0][-2:] == ["a.service", "b.service"]
+
+    def short(args):
+        return 1, "ActiveState=active\nSubState=running\nMainPID=812\n"
+    with pytest.raises(ValueError, match="answered 1 units of 2"):
+        celery_watchdog.Systemd(short).states(["a.service", "b.service"])
+
+
+def test_supervisor_states_of_every_program_in_one_call():
+    def run(args):
+        assert args[:2] == ["supervisorctl", "status"] and args[2:] == ["proj:a", "proj:b", "proj:c"]
+        # supervisorctl exits 3 when a program is not running.
+        return 3, ("proj:a   RUNNING   pid 77, uptime 0:10:00\n"
+                   "proj:b   BACKOFF   Exited too quickly (process log may have details)\n"
+                   "proj:c: ERROR (no such process)\n")
+    states = celery_watchdog.Supervisor(run).states(["proj:a", "proj:b", "proj:c"])
+    assert states == {"proj:a": (True, 77, "RUNNING"), "proj:b": (False, 0, "BACKOFF"), "proj:c": (False, 0, "ERROR")}
+
+
+def test_a_round_reads_the_workers_states_once(world):
+    world.rounds(60)
+    assert world.manager.reads == 6
 
 
 def test_supervisor_state_and_the_log_of_this_run_only():
