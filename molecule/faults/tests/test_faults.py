@@ -467,23 +467,28 @@ def reboot(names):
 
 
 def beat_ticks_again(celery, booted):
-    """Seconds from the containers' start until a Beat tick ran on celery's host."""
-    wait(celery.beat_pids, 300, "Beat to run on %s after the reboot" % celery.hostname, TIMED_INTERVAL)
+    """Seconds from the containers' start until a Beat tick ran on celery's
+    host (printed, not bounded: polled every 0.5 s and less often later)."""
+    wait(celery.beat_pids, 300, "Beat to run on %s after the reboot" % celery.hostname)
     celery.probe("clear-ticks")
-    wait(lambda: celery.probe("ticks"), 300, "a Beat tick after the reboot on %s" % celery.hostname, TIMED_INTERVAL)
+    wait(lambda: celery.probe("ticks"), 300, "a Beat tick after the reboot on %s" % celery.hostname)
     return time.monotonic() - booted
 
 
 def all_answer_seconds(hosts, started, timeout=300):
-    """Per host, seconds from `started` until all its workers answer ping
-    (None if one never does): the hosts side by side, each host's workers
-    polled one after another."""
+    """Per host, seconds from `started` until all its workers answer one ping
+    (None if they never do), the hosts side by side (printed, not bounded:
+    polled every 0.5 s and less often later)."""
     def host_seconds(item):
         name, celery = item
+        nodes = [celery.node(worker) for worker in celery.workers]
+
+        def all_answer():
+            cmd = celery.sh(celery.in_app("timeout 60 .venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json"
+                                          % (",".join(nodes), PING_REPLY)), check=False)
+            return cmd.rc == 0 and all(node in cmd.stdout for node in nodes)
         try:
-            for worker in celery.workers:
-                wait(lambda: pong(celery, celery.node(worker)), timeout - (time.monotonic() - started),
-                     "%s to answer ping" % celery.node(worker), TIMED_INTERVAL)
+            wait(all_answer, timeout, "the workers of %s to answer ping" % name)
         except AssertionError:
             return name, None
         return name, round(time.monotonic() - started, 1)

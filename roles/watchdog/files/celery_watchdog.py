@@ -6,7 +6,7 @@
 
 Runs as root beside the workers of one app, under the process manager that
 runs them, with the host's own Python (the standard library only). Every
-`interval` seconds it reads each worker's state from its manager and asks
+`interval` seconds it reads every worker's state from its manager (one call) and asks
 the workers for ping through a probe (celery_watchdog_probe.py): a process
 that runs as the app's user, with the app's Python, environment and working
 directory, imports the app once and answers one request per line. The
