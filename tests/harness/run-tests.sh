@@ -94,7 +94,8 @@ renice_tree() {
   renice -n "$2" -p "$1" >/dev/null 2>&1 || return 1
   for child in $(pgrep -P "$1" || true); do renice_tree "${child}" "$2" || true; done
 }
-# Gives the work started by lowest_cpu_share in the subshells PID ... a full share.
+# Gives the work that lowest_cpu_share put at the lowest share (in the
+# subshells whose PIDs are given) a full share.
 full_cpu_share() {
   local pid
   if [[ -f "${BACKGROUND_CGROUP}/cpu.shares" ]]; then

@@ -93,10 +93,11 @@ def stream(celery, key):
 PING_REPLY = 5
 
 
-def pong(celery, node):
+def pong(celery, *nodes):
+    """Whether every one of the nodes answers one ping."""
     cmd = celery.sh(celery.in_app("timeout 60 .venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json"
-                                  % (node, PING_REPLY)), check=False)
-    return cmd.rc == 0 and node in cmd.stdout
+                                  % (",".join(nodes), PING_REPLY)), check=False)
+    return cmd.rc == 0 and all(node in cmd.stdout for node in nodes)
 
 
 def wait_for_pongs(hosts, timeout):
@@ -482,13 +483,8 @@ def all_answer_seconds(hosts, started, timeout=300):
     def host_seconds(item):
         name, celery = item
         nodes = [celery.node(worker) for worker in celery.workers]
-
-        def all_answer():
-            cmd = celery.sh(celery.in_app("timeout 60 .venv/bin/celery -A celery_testapp inspect ping -d %s --timeout %d --json"
-                                          % (",".join(nodes), PING_REPLY)), check=False)
-            return cmd.rc == 0 and all(node in cmd.stdout for node in nodes)
         try:
-            wait(all_answer, timeout, "the workers of %s to answer ping" % name)
+            wait(lambda: pong(celery, *nodes), timeout, "the workers of %s to answer ping" % name)
         except AssertionError:
             return name, None
         return name, round(time.monotonic() - started, 1)
