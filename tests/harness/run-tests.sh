@@ -16,23 +16,30 @@ SCENARIOS=(preflight default supervisor beat rabbitmq tls faults pools release)
 # 2. Its switches (the overlap release and the rollback) run alone: their
 #    pause bound compares a switch with the same stream a moment before,
 #    which a neighbour whose load changes in between would blur.
-# 3. Three lanes side by side, each running its stages one after another:
-#    the ansible-core unit tests and converge and the release's other checks,
-#    which bound no time, then scenarios; and two lanes of scenarios. No check of those sizes
-#    itself to the machine's speed (they wait for the state they need and
-#    measure bounds against baselines taken in the same run), so they may
-#    share the machine. Each lane starts with its longest scenario, so that
-#    the run does not end on one long scenario alone.
+# 3. Three lanes side by side, each running its stages one after another. No
+#    check sizes itself to the machine's speed (they wait for the state they
+#    need and measure bounds against baselines taken in the same run), so they
+#    may share the machine. The stages are dealt longest first to the lane
+#    that is free soonest (by their times on a 2-CPU machine), so that the
+#    lanes end together: a lane left alone at the end leaves CPUs idle. The
+#    `pools` scenario mostly waits (its workers hold ten-minute tasks), so it
+#    runs in the middle of the run, where the other lanes use the CPUs it
+#    leaves, not at its end.
 # Step 2 leaves a third of the CPUs idle on a 2-CPU machine, and the run is
 # bound by its CPU time: the ansible-core sanity tests and the static checks
 # (lint, spec, docs, changelog: CPU only, on the controller, and nothing in
 # them is timed) run from the start at the lowest CPU share, where they take
 # only what is idle and yield to everything else, a switch included; they get
-# a full share when the lanes begin. The unit tests, which time real
-# processes, run in the first lane.
-LANES=("faults preflight supervisor tls" "beat rabbitmq default")
-# After the ansible-core units and converge and the release's other checks, in the first lane.
-AFTER_MATRIX=(pools)
+# a full share when the lanes begin.
+# Besides the scenarios, a lane may hold `release-checks` (the release
+# scenario's other checks, then the removal of its fleet) and
+# `ansible-core-units-converge` (the unit tests, which time real processes,
+# and a converge on every ansible-core line).
+LANES=(
+  "release-checks rabbitmq preflight ansible-core-units-converge"
+  "beat supervisor tls"
+  "faults pools default"
+)
 passed=0 failed=0 failures=()
 LOG_DIR="${CACHE_DIR}/logs"
 RESULTS_DIR="${LOG_DIR}/.stages"
@@ -56,11 +63,19 @@ stage() {
 
 wanted() { [[ " ${SCENARIOS[*]} " == *" $1 "* ]]; }
 
-# One lane: its scenarios (those asked for) one after another.
+# One lane: its stages (the scenarios asked for) one after another.
 lane() {
-  local scenario
-  for scenario in "$@"; do
-    wanted "$scenario" && { stage "molecule-${scenario}" molecule test --scenario-name "${scenario}" || true; }
+  local entry
+  for entry in "$@"; do
+    case "${entry}" in
+      ansible-core-units-converge) stage ansible-core-units-converge matrix_stage --units-converge || true ;;
+      release-checks)
+        wanted release || continue
+        release_part checks release_checks rest
+        molecule destroy --scenario-name release >>"$(stage_log molecule-release-fleet)" 2>&1 || true
+        ;;
+      *) wanted "${entry}" && { stage "molecule-${entry}" molecule test --scenario-name "${entry}" || true; } ;;
+    esac
   done
   return 0
 }
@@ -144,17 +159,6 @@ static_checks() {
   stage changelog-and-galaxy-import bash "${REPO_ROOT}/tests/harness/changelog.sh" || true
 }
 
-# The first lane: the ansible-core units and converge, then the release's
-# other checks and the fleet's removal, then the scenarios after them.
-matrix_and_release() {
-  stage ansible-core-units-converge matrix_stage --units-converge || true
-  if wanted release; then
-    release_part checks release_checks rest
-    molecule destroy --scenario-name release >>"$(stage_log molecule-release-fleet)" 2>&1 || true
-  fi
-  lane "${AFTER_MATRIX[@]}"
-}
-
 # What a failed stage's log says, in short, at the end of the run: the failed
 # checks and tasks, and the assertions' first lines.
 failure_summary() {
@@ -186,10 +190,9 @@ main() {
   ready_machine
   export NO_COLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
-  # Every scenario asked for belongs to a lane, to those after the matrix,
-  # or is the release.
+  # Every scenario asked for belongs to a lane, or is the release.
   for scenario in "${SCENARIOS[@]}"; do
-    [[ " ${LANES[*]} ${AFTER_MATRIX[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
+    [[ " ${LANES[*]} release " == *" ${scenario} "* ]] || die "unknown scenario ${scenario}"
   done
   ticks0="$(cpu_ticks)" ticks="${ticks0}"
   log "the ansible-core sanity tests and the static checks, at the lowest CPU share until the lanes begin"
@@ -207,9 +210,7 @@ main() {
   fi
   ticks="$(cpu_ticks)"
   full_cpu_share "${background[@]}"
-  log "three lanes side by side: [ansible-core units and converge, release checks, ${AFTER_MATRIX[*]}] $(printf '[%s] ' "${LANES[@]}")"
-  matrix_and_release &
-  pids+=($!)
+  log "three lanes side by side: $(printf '[%s] ' "${LANES[@]}")"
   for entry in "${LANES[@]}"; do
     # shellcheck disable=SC2086
     lane ${entry} &
